@@ -1,0 +1,70 @@
+"""The `align` command: parse, call, report. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="align", description="SFT then DPO for Mixtral-family MoE models.")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks for user errors")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("run", "run the recipe's stages in order (sft, then dpo)"),
+        ("sft", "run only the SFT stage"),
+        ("dpo", "run only the DPO stage (continues OUTPUT_DIR/sft when present)"),
+        ("check", "validate a recipe and print it resolved (no training)"),
+    ):
+        sp = sub.add_parser(name, help=help_text)
+        sp.add_argument("recipe", help="YAML recipe file")
+        sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.05 output_dir=runs/x")
+    tiny = sub.add_parser("tiny-model", help="write the embedded tiny Mixtral (real Mixtral tokenizer)")
+    tiny.add_argument("out_dir")
+    tiny.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _setup_logging() -> None:
+    main_process = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(format="[align] %(message)s", level=logging.INFO if main_process else logging.WARNING)
+    logging.getLogger("align").setLevel(logging.INFO if main_process else logging.WARNING)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "tiny-model":
+        from align.tiny import build_tiny_mixtral
+
+        print(f"wrote {build_tiny_mixtral(args.out_dir, seed=args.seed)}")
+        return 0
+    from align.config import load_recipe, recipe_to_yaml
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.command == "check":
+        print(recipe_to_yaml(recipe), end="")
+        return 0
+    from align.pipeline import format_summary, run_pipeline
+
+    stages = recipe.stages if args.command == "run" else [args.command]
+    summary = run_pipeline(recipe, stages)
+    if os.environ.get("RANK", "0") == "0":
+        print(format_summary(summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `align` console script and `python -m align`."""
+    args = _parser().parse_args(argv)
+    _setup_logging()
+    from align.errors import AlignError
+
+    try:
+        return _dispatch(args)
+    except AlignError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"align: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,149 @@
+"""Load a recipe: YAML (safe_load) + dotted overrides -> a validated `Recipe`, or one clear error."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from align.config.schema import STAGES, Recipe, StageSection
+from align.config.trl_fields import OWNED_BY_ALIGN, REMOVED, check_trl_value, trl_field_types
+from align.errors import RecipeError
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a recipe file with `yaml.safe_load`; it must be a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if raw is None:
+        raise RecipeError(f"{path}: the recipe is empty")
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as YAML scalars/lists) to a copy of `raw`."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"override {item!r} is not of the form key.path=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise RecipeError(f"override {item!r}: value is not valid YAML: {err}") from None
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"override {item!r}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _closest(key: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _split_stage(stage: str, section: Any, source: str) -> dict[str, Any]:
+    """Separate align's own stage keys from TRL fields, validating the latter."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise RecipeError(f"{source}: '{stage}' must be a mapping, got {type(section).__name__}")
+    own = set(StageSection.model_fields) - {"trainer"}
+    trl_types = trl_field_types(stage)
+    kept: dict[str, Any] = {k: v for k, v in section.items() if k in own}
+    trainer: dict[str, Any] = {}
+    for key, value in section.items():
+        if key in own:
+            continue
+        where = f"'{stage}.{key}' in {source}"
+        if key in REMOVED:
+            raise RecipeError(f"{where}: {REMOVED[key]}")
+        if key in OWNED_BY_ALIGN:
+            raise RecipeError(f"{where} is not set here: {OWNED_BY_ALIGN[key]}")
+        if key not in trl_types:
+            hint = _closest(key, sorted(own | set(trl_types)))
+            raise RecipeError(f"unknown key '{stage}.{key}' in {source}{hint}")
+        try:
+            trainer[key] = check_trl_value(stage, key, value)
+        except ValueError as err:
+            raise RecipeError(f"{where}: {err}") from None
+    kept["trainer"] = trainer
+    return kept
+
+
+def _model_at(loc: tuple, model: type[BaseModel]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at `loc[:-1]` (to suggest its valid keys)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *typing_args(annotation)]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def typing_args(annotation: Any) -> tuple:
+    """Flattened type arguments (list[X] | None -> X, ...)."""
+    out: list = []
+    for arg in getattr(annotation, "__args__", ()) or ():
+        out.append(arg)
+        out.extend(typing_args(arg))
+    return tuple(out)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: the dotted key, the file, and what is expected."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(loc, Recipe)
+            hint = _closest(str(loc[-1]), list(owner.model_fields)) if owner else ""
+            lines.append(f"unknown key '{dotted}' in {source}{hint}")
+        elif e["type"] == "missing":
+            lines.append(f"missing key '{dotted}' in {source}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"'{dotted}' in {source}: {msg} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Validate a raw mapping into a `Recipe`; TRL pass-through keys land in `<stage>.trainer`."""
+    raw = dict(raw)
+    for stage in STAGES:
+        if stage in raw:
+            raw[stage] = _split_stage(stage, raw[stage], source)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(format_validation_error(err, source)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return recipe_from_dict(raw, source=str(path))

@@ -1,0 +1,42 @@
+"""Secrets never leave the process: redaction for saved recipes, logs and model cards."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from align.config.schema import Recipe
+
+SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|auth|credential)", re.IGNORECASE)
+# Keys that look secret by name but hold vocabulary items or counts, not credentials.
+NOT_SECRET = re.compile(
+    r"^(pad|bos|eos|unk|sep|cls|mask)_token(_id)?$|tokens?$|^num_|_tokens?_", re.IGNORECASE
+)
+REDACTED = "***"
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """A copy of `value` with string values under secret-looking keys replaced by '***'."""
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if isinstance(value, str) and SECRET_KEY.search(key) and not NOT_SECRET.search(key):
+        return REDACTED
+    return value
+
+
+def recipe_dict(recipe: Recipe) -> dict[str, Any]:
+    """The resolved recipe as plain data, TRL keys folded back into their stage section, redacted."""
+    data = recipe.model_dump(mode="json")
+    for stage in ("sft", "dpo"):
+        section = data[stage]
+        section.update(section.pop("trainer"))
+    return redact(data)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The resolved, redacted recipe as YAML, loadable again by `load_recipe`."""
+    return yaml.safe_dump(recipe_dict(recipe), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,158 @@
+"""The recipe schema: one typed section per concept. Defaults live here and nowhere else."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from align.data.spec import StageData
+from align.strict import StrictModel
+
+Stage = Literal["sft", "dpo"]
+STAGES: tuple[Stage, ...] = ("sft", "dpo")
+
+
+class ModelSection(StrictModel):
+    """Which backbone to load and how."""
+
+    name_or_path: str = Field(
+        description="Local checkpoint directory or hub model id (Mixtral architecture)."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weights/compute dtype. auto: float32 on CPU (bf16 is 60-100x slower there), bf16 on GPU.",
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel."
+    )
+    experts_implementation: Literal["grouped_mm", "batched_mm", "eager"] | None = Field(
+        None, description="Fused-experts backend (transformers 5); None keeps the library's default."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run code shipped with the checkpoint. Off unless you trust it."
+    )
+    allow_dense: bool = Field(False, description="Accept a non-MoE (dense) architecture.")
+    router_aux_loss_coef: float | None = Field(
+        None,
+        ge=0,
+        description="Weight of the router load-balancing loss; None keeps the model config's value.",
+    )
+    chat_template: Literal["auto", "mixtral", "keep"] = Field(
+        "auto",
+        description="auto: keep the tokenizer's template if it marks assistant turns, else install Mixtral-Instruct's.",
+    )
+    create_tiny_if_missing: bool = Field(
+        False,
+        description="Build the embedded tiny Mixtral at name_or_path when that directory does not exist.",
+    )
+    adapter_path: str | None = Field(
+        None,
+        description="Start from this LoRA adapter (used by a stage that has no earlier stage in this run).",
+    )
+
+
+class LoraSection(StrictModel):
+    """LoRA adapters: attention modules plus the fused experts."""
+
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="LoRA dropout. PEFT forbids it when experts are adapted (target_parameters).",
+    )
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Linear modules to adapt.",
+    )
+    experts: Literal["all", "none"] = Field(
+        "all", description="Adapt the fused expert weights of every MoE layer."
+    )
+    router: Literal["frozen", "lora", "full"] = Field(
+        "frozen", description="Router (mlp.gate): frozen, LoRA-adapted, or fully trained."
+    )
+
+    @model_validator(mode="after")
+    def _dropout_with_experts(self) -> LoraSection:
+        if self.dropout and (self.experts != "none" or self.router == "lora"):
+            raise ValueError(
+                "lora.dropout must be 0 when experts or the router are adapted (PEFT 0.21 target_parameters "
+                "forbids dropout); set lora.dropout: 0 or lora.experts: none"
+            )
+        return self
+
+
+class QuantizationSection(StrictModel):
+    """bitsandbytes 4-bit loading (QLoRA)."""
+
+    load_in_4bit: bool = Field(False, description="Load the base weights in 4 bit.")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    bnb_4bit_use_double_quant: bool = Field(True, description="Quantize the quantization constants too.")
+    bnb_4bit_compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Dtype of the dequantized matmuls; auto follows model.dtype."
+    )
+    bnb_4bit_quant_storage: Literal["auto", "uint8", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="Storage dtype of packed weights; auto matches model dtype so ZeRO-3 can shard them.",
+    )
+
+
+class DataSection(StrictModel):
+    """Data of each stage."""
+
+    sft: StageData | None = Field(None, description="SFT conversations.")
+    dpo: StageData | None = Field(None, description="Preference pairs.")
+
+
+class StageSection(StrictModel):
+    """Align's own per-stage keys. Every other key of `sft:`/`dpo:` is a TRL config field (validated)."""
+
+    eval_samples: int | None = Field(
+        256, gt=0, description="Held-out rows align evaluates before and after the stage (None: all)."
+    )
+    trainer: dict[str, Any] = Field(default_factory=dict, description="(filled by the loader) TRL fields.")
+
+
+class Recipe(StrictModel):
+    """A whole recipe: model, adapters, data, stages and their trainer settings."""
+
+    model: ModelSection
+    lora: LoraSection = Field(default_factory=LoraSection)
+    quantization: QuantizationSection = Field(default_factory=QuantizationSection)
+    data: DataSection = Field(default_factory=DataSection)
+    sft: StageSection = Field(default_factory=StageSection)
+    dpo: StageSection = Field(default_factory=StageSection)
+    stages: list[Stage] = Field(
+        default_factory=lambda: ["sft", "dpo"], description="Stages to run, in order."
+    )
+    output_dir: str = Field("runs/align", description="Where every stage writes OUTPUT_DIR/<stage>/.")
+    seed: int = Field(42, description="Seed for data mixing, shuffling and training.")
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_order(cls, stages: list[str]) -> list[str]:
+        if not stages:
+            raise ValueError("stages is empty: list at least one of sft, dpo")
+        if len(set(stages)) != len(stages):
+            raise ValueError(f"stages lists a stage twice: {stages}")
+        if stages != sorted(stages, key=STAGES.index):
+            raise ValueError(f"stages must run in the order sft, dpo; got {stages}")
+        return stages
+
+    @model_validator(mode="after")
+    def _data_for_stages(self) -> Recipe:
+        for stage in self.stages:
+            if getattr(self.data, stage) is None:
+                raise ValueError(f"stage '{stage}' is listed in stages but data.{stage} is missing")
+        return self
+
+    def stage_data(self, stage: Stage) -> StageData:
+        """The data section of a stage (validated to exist for listed stages)."""
+        return self.data.sft if stage == "sft" else self.data.dpo  # type: ignore[return-value]
+
+    def stage_section(self, stage: Stage) -> StageSection:
+        """The `sft:` or `dpo:` section."""
+        return self.sft if stage == "sft" else self.dpo

@@ -1,0 +1,125 @@
+"""Load the tokenizer and the Mixtral backbone a recipe names; refuse what align cannot train."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+
+from align.chat import ensure_chat_template
+from align.config.schema import ModelSection, QuantizationSection
+from align.errors import ModelError
+from align.runtime import Runtime
+
+log = logging.getLogger("align")
+
+# Architectures whose fused-experts layout align knows (transformers 5 MixtralSparseMoeBlock).
+MOE_MODEL_TYPES = {"mixtral"}
+
+
+def check_architecture(config: PretrainedConfig, allow_dense: bool, where: str) -> str:
+    """'moe' for a supported Mixtral; 'dense' when the recipe allows it; otherwise a clear error."""
+    model_type = config.model_type
+    if model_type in MOE_MODEL_TYPES:
+        return "moe"
+    if allow_dense:
+        log.warning(
+            "%s is a dense '%s' model: training it without expert features (model.allow_dense)",
+            where,
+            model_type,
+        )
+        return "dense"
+    raise ModelError(
+        f"{where}: architecture '{model_type}' is not a Mixtral mixture-of-experts model; align supports "
+        f"{sorted(MOE_MODEL_TYPES)}. Set model.allow_dense: true to train a dense model anyway, "
+        "or turn it into a Mixtral with `align upcycle`."
+    )
+
+
+def _model_config(section: ModelSection) -> PretrainedConfig:
+    path = Path(section.name_or_path)
+    if not path.exists() and (
+        section.name_or_path.startswith((".", "/")) or section.name_or_path.count("/") != 1
+    ):
+        raise ModelError(f"model directory not found: {section.name_or_path}")
+    try:
+        return AutoConfig.from_pretrained(
+            section.name_or_path, revision=section.revision, trust_remote_code=section.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot read the model config of {section.name_or_path}: {err}") from None
+
+
+def load_tokenizer(section: ModelSection, path: str | None = None):
+    """The tokenizer with pad token and a chat template that marks assistant turns."""
+    source = path or section.name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=section.revision, trust_remote_code=section.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load the tokenizer of {source}: {err}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    which = ensure_chat_template(tokenizer, section.chat_template)
+    if which == "mixtral":
+        log.info("chat template: Mixtral-Instruct (with generation markers)")
+    return tokenizer
+
+
+def quantization_config(quant: QuantizationSection, runtime: Runtime):
+    """A BitsAndBytesConfig for the recipe's `quantization:` section, or None."""
+    if not quant.load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    compute = (
+        runtime.dtype
+        if quant.bnb_4bit_compute_dtype == "auto"
+        else getattr(torch, quant.bnb_4bit_compute_dtype)
+    )
+    storage = (
+        runtime.dtype
+        if quant.bnb_4bit_quant_storage == "auto"
+        else getattr(torch, quant.bnb_4bit_quant_storage)
+    )
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=quant.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_quant_storage=storage,
+    )
+
+
+def load_model(section: ModelSection, quant: QuantizationSection, runtime: Runtime) -> PreTrainedModel:
+    """Load the backbone (safetensors only) in the runtime's dtype, router logits on for the aux loss."""
+    config = _model_config(section)
+    kind = check_architecture(config, section.allow_dense, section.name_or_path)
+    kwargs = {}
+    if kind == "moe":
+        kwargs["output_router_logits"] = True
+        if section.router_aux_loss_coef is not None:
+            kwargs["router_aux_loss_coef"] = section.router_aux_loss_coef
+        if section.experts_implementation:
+            kwargs["experts_implementation"] = section.experts_implementation
+    bnb = quantization_config(quant, runtime)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            section.name_or_path,
+            revision=section.revision,
+            trust_remote_code=section.trust_remote_code,
+            dtype=runtime.dtype,
+            attn_implementation=section.attn_implementation,
+            use_safetensors=True,
+            quantization_config=bnb,
+            **kwargs,
+        )
+    except OSError as err:
+        raise ModelError(
+            f"cannot load the weights of {section.name_or_path} (safetensors only): {err}"
+        ) from None
+    model.config.use_cache = False  # training; packed batches stay separate only without the cache
+    return model

@@ -1,0 +1,51 @@
+"""`align run`: the recipe's stages in order, each starting from what the previous one wrote."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from pathlib import Path
+
+from accelerate import PartialState
+
+from align.config import Recipe, Stage
+from align.stages.dpo import run_dpo
+from align.stages.sft import run_sft
+
+log = logging.getLogger("align")
+
+RUNNERS = {"sft": run_sft, "dpo": run_dpo}
+
+
+def run_pipeline(recipe: Recipe, stages: list[Stage] | None = None) -> dict:
+    """Run `stages` (default: the recipe's) and write OUTPUT_DIR/summary.json on the main process."""
+    summary: dict = {"output_dir": str(Path(recipe.output_dir).resolve()), "stages": {}}
+    for stage in stages or recipe.stages:
+        start = time.perf_counter()
+        result = RUNNERS[stage](recipe=recipe)
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        summary["stages"][stage] = result
+        gc.collect()  # the stage's model and trainer go before the next one loads
+    if PartialState().is_main_process:
+        path = Path(recipe.output_dir) / "summary.json"
+        path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """What a user reads at the end of a run: where outputs are and what was measured."""
+    lines = [f"outputs: {summary['output_dir']}"]
+    for stage, r in summary["stages"].items():
+        where = f"  {stage}: {summary['output_dir']}/{stage}/  ({r.get('steps')} steps, {r.get('seconds')} s)"
+        lines.append(where)
+        if "eval_loss_before" in r:
+            lines.append(f"    held-out loss {r['eval_loss_before']:.3f} -> {r['eval_loss_after']:.3f}")
+        if "reward_accuracy_before" in r:
+            lines.append(
+                f"    held-out reward accuracy {r['reward_accuracy_before']:.3f} -> {r['reward_accuracy_after']:.3f}"
+                f" (margin {r['reward_margin_after']:.3f}; policy prefers chosen "
+                f"{r['logp_accuracy_before']:.3f} -> {r['logp_accuracy_after']:.3f})"
+            )
+    return "\n".join(lines)

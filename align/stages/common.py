@@ -1,0 +1,98 @@
+"""What every stage shares: paths, model + adapter set-up, and the one atomic writer of outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peft import PeftModel
+
+from align.config import Recipe, Stage, recipe_to_yaml
+from align.errors import ModelError
+
+log = logging.getLogger("align")
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Written by Trainer.save_model but not part of a stage's outputs: a pickle, and TRL's frozen copy
+# of the SFT adapter used as DPO reference (identical to OUTPUT/sft).
+NOT_OUTPUTS = ("training_args.bin", "ref")
+
+
+@dataclass
+class StagePaths:
+    """OUTPUT/<stage>/ (final, appears atomically), its temp twin, and the trainer's work dir."""
+
+    root: Path
+    stage: Stage
+    final: Path = field(init=False)
+    tmp: Path = field(init=False)
+    work: Path = field(init=False)
+
+    def __post_init__(self):
+        self.final = self.root / self.stage
+        self.tmp = self.root / f".{self.stage}.tmp"
+        self.work = self.root / "checkpoints" / self.stage
+
+    @property
+    def metrics(self) -> Path:
+        return self.work / "metrics.jsonl"
+
+
+def stage_complete(path: Path) -> bool:
+    """A stage dir counts as complete only if its adapter files are there (it appears by rename)."""
+    return all((path / name).is_file() for name in ADAPTER_FILES)
+
+
+def load_adapter(model, adapter_dir: str | Path):
+    """Wrap `model` with a saved LoRA adapter, trainable (the stock PEFT format)."""
+    if not stage_complete(Path(adapter_dir)):
+        raise ModelError(f"no LoRA adapter at {adapter_dir} (expected {', '.join(ADAPTER_FILES)})")
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def save_stage(trainer, tokenizer, recipe: Recipe, paths: StagePaths, evaluation: dict) -> Path:
+    """Save adapter + tokenizer + recipe + metrics + eval to a temp dir, verify, then rename into place.
+
+    Every rank calls this (ZeRO-3 gathers the adapter collectively); only the main process writes.
+    """
+    accelerator = trainer.accelerator
+    trainer.save_model(str(paths.tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for name in NOT_OUTPUTS:
+            target = paths.tmp / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        tokenizer.save_pretrained(paths.tmp)
+        (paths.tmp / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+        (paths.tmp / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
+        if paths.metrics.exists():
+            shutil.copyfile(paths.metrics, paths.tmp / "metrics.jsonl")
+        if not stage_complete(paths.tmp):
+            raise RuntimeError(f"saving the {paths.stage} adapter to {paths.tmp} left no adapter files")
+        if paths.final.exists():
+            shutil.rmtree(paths.final)
+        paths.tmp.rename(paths.final)
+    accelerator.wait_for_everyone()
+    return paths.final
+
+
+def prepare_dirs(paths: StagePaths, is_main: bool) -> None:
+    """Clear a stale temp dir and a previous run's metrics (the work dir keeps checkpoints)."""
+    if is_main:
+        shutil.rmtree(paths.tmp, ignore_errors=True)
+        paths.work.mkdir(parents=True, exist_ok=True)
+        if paths.metrics.exists():
+            paths.metrics.unlink()

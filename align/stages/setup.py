@@ -1,0 +1,99 @@
+"""Build what a stage needs from a recipe: runtime, tokenizer, data, model, and the adapter to train."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from accelerate import PartialState
+from peft import LoraConfig
+
+from align.chat import template_allows_system
+from align.config import Recipe, Stage
+from align.data import StageDatasets, load_stage
+from align.lora import lora_config
+from align.model import MOE_MODEL_TYPES, load_model, load_tokenizer
+from align.runtime import Runtime, resolve_runtime
+from align.stages.common import load_adapter, stage_complete, trainable_parameters
+from align.tiny import build_tiny_mixtral
+
+log = logging.getLogger("align")
+
+
+@dataclass
+class StageSetup:
+    """Everything a stage's trainer is built from."""
+
+    recipe: Recipe
+    stage: Stage
+    runtime: Runtime
+    tokenizer: object
+    model: object
+    peft_config: LoraConfig | None  # None when `model` already carries the adapter to train
+    init_adapter: Path | None
+    data: StageDatasets
+    output_dir: Path
+    is_main: bool
+
+    def log_trainable(self, model) -> None:
+        trainable, total = trainable_parameters(model)
+        log.info(
+            "%s: %s trainable of %s parameters (%.2f%%)",
+            self.stage,
+            f"{trainable:,}",
+            f"{total:,}",
+            100.0 * trainable / max(total, 1),
+        )
+
+
+def initial_adapter(recipe: Recipe, stage: Stage, output_dir: Path) -> Path | None:
+    """DPO continues the SFT adapter of this run when there is one; else the recipe's adapter_path."""
+    if stage == "dpo" and stage_complete(output_dir / "sft"):
+        return output_dir / "sft"
+    return Path(recipe.model.adapter_path) if recipe.model.adapter_path else None
+
+
+def ensure_backbone(recipe: Recipe, state: PartialState) -> None:
+    """Build the embedded tiny Mixtral where the recipe asks for it and it is missing (main process)."""
+    path = Path(recipe.model.name_or_path)
+    if not recipe.model.create_tiny_if_missing or path.exists():
+        return
+    with state.main_process_first():
+        if state.is_main_process and not path.exists():
+            log.info("building the embedded tiny Mixtral at %s", path)
+            build_tiny_mixtral(path, seed=recipe.seed)
+
+
+def build_setup(recipe: Recipe, stage: Stage) -> StageSetup:
+    """Load tokenizer, data and model for `stage`; decide which adapter gets trained."""
+    runtime = resolve_runtime(recipe.model.dtype)
+    state = PartialState(
+        cpu=runtime.on_cpu
+    )  # first init wins: without cpu=True, CPU ranks run unsynchronised
+    ensure_backbone(recipe, state)
+    output_dir = Path(recipe.output_dir)
+    init = initial_adapter(recipe, stage, output_dir)
+    # The tokenizer travels with the adapter, so DPO renders exactly what SFT trained on.
+    tokenizer = load_tokenizer(
+        recipe.model, path=str(init) if init and (init / "tokenizer_config.json").exists() else None
+    )
+    data = load_stage(
+        recipe.stage_data(stage),
+        "sft" if stage == "sft" else "preference",
+        seed=recipe.seed,
+        allow_system=template_allows_system(tokenizer),
+        log=log.info if state.is_main_process else (lambda _msg: None),
+    )
+    if state.is_main_process:
+        log.info("%s data: %s", stage, data.report.summary())
+    model = load_model(recipe.model, recipe.quantization, runtime)
+    moe = model.config.model_type in MOE_MODEL_TYPES
+    if init is not None:
+        log.info("%s starts from the adapter in %s", stage, init)
+        model, peft = load_adapter(model, init), None
+    else:
+        peft = lora_config(recipe.lora, moe=moe)
+    return StageSetup(
+        recipe, stage, runtime, tokenizer, model, peft, init, data, output_dir, state.is_main_process
+    )
