@@ -72,7 +72,5 @@ def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], generation_
 
 def assistant_mask(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> tuple[list[int], list[int]]:
     """Token ids of a conversation and a 0/1 mask that is 1 on assistant tokens (the trained ones)."""
-    out = tokenizer.apply_chat_template(
-        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     return list(out["input_ids"]), list(out["assistant_masks"])

@@ -62,9 +62,7 @@ def encode_pair(tokenizer, row: dict, max_length: int | None = None) -> EncodedP
     """Tokenize a preference row the way TRL's DPOTrainer does (prompt = shared chat-template prefix)."""
 
     def ids(messages, gen=False):
-        out = tokenizer.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=gen, return_dict=True
-        )
+        out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen, return_dict=True)
         return list(out["input_ids"])
 
     prompt = ids(row["prompt"], gen=True)
@@ -93,18 +91,14 @@ def completion_logps(model, sequences: list[tuple[list[int], list[int]]], pad_id
             input_ids[i, : len(p) + len(c)] = torch.tensor(p + c)
             attention[i, : len(p) + len(c)] = 1
             comp_mask[i, len(p) : len(p) + len(c)] = True
-        logits = model(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False
-        ).logits
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False).logits
         logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         token_logps = logps.gather(-1, input_ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
         out.append((token_logps * comp_mask[:, 1:].to(device)).sum(-1).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def pair_logps(
-    model, pairs: list[EncodedPair], pad_id: int, batch_size: int = 16
-) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logps(model, pairs: list[EncodedPair], pad_id: int, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs of chosen and rejected for every pair."""
     seqs = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
     logps = completion_logps(model, seqs, pad_id, batch_size)

@@ -40,9 +40,7 @@ def check_architecture(config: PretrainedConfig, allow_dense: bool, where: str) 
 
 def _model_config(section: ModelSection) -> PretrainedConfig:
     path = Path(section.name_or_path)
-    if not path.exists() and (
-        section.name_or_path.startswith((".", "/")) or section.name_or_path.count("/") != 1
-    ):
+    if not path.exists() and (section.name_or_path.startswith((".", "/")) or section.name_or_path.count("/") != 1):
         raise ModelError(f"model directory not found: {section.name_or_path}")
     try:
         return AutoConfig.from_pretrained(
@@ -75,16 +73,8 @@ def quantization_config(quant: QuantizationSection, runtime: Runtime):
         return None
     from transformers import BitsAndBytesConfig
 
-    compute = (
-        runtime.dtype
-        if quant.bnb_4bit_compute_dtype == "auto"
-        else getattr(torch, quant.bnb_4bit_compute_dtype)
-    )
-    storage = (
-        runtime.dtype
-        if quant.bnb_4bit_quant_storage == "auto"
-        else getattr(torch, quant.bnb_4bit_quant_storage)
-    )
+    compute = runtime.dtype if quant.bnb_4bit_compute_dtype == "auto" else getattr(torch, quant.bnb_4bit_compute_dtype)
+    storage = runtime.dtype if quant.bnb_4bit_quant_storage == "auto" else getattr(torch, quant.bnb_4bit_quant_storage)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant.bnb_4bit_quant_type,
@@ -118,8 +108,6 @@ def load_model(section: ModelSection, quant: QuantizationSection, runtime: Runti
             **kwargs,
         )
     except OSError as err:
-        raise ModelError(
-            f"cannot load the weights of {section.name_or_path} (safetensors only): {err}"
-        ) from None
+        raise ModelError(f"cannot load the weights of {section.name_or_path} (safetensors only): {err}") from None
     model.config.use_cache = False  # training; packed batches stay separate only without the cache
     return model

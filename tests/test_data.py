@@ -33,9 +33,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-def load(
-    path: Path, kind: str = "sft", *, seed: int = 0, allow_system: bool = True, src: dict | None = None, **kw
-):
+def load(path: Path, kind: str = "sft", *, seed: int = 0, allow_system: bool = True, src: dict | None = None, **kw):
     """load_stage on one source; returns (StageDatasets, log lines)."""
     logs: list[str] = []
     data = StageData(train=[DataSource(path=str(path), **(src or {}))], **kw)
@@ -86,9 +84,7 @@ def test_sharegpt_and_messages_to_messages():
     row = {"messages": [{"role": U, "content": "x", "name": "n"}, {"role": A, "content": "y", "weight": 0}]}
     assert to_messages(row, "messages") == [turn(U, "x"), turn(A, "y")]
     with pytest.raises(RowError, match="turn 2: unknown speaker 'tool'"):
-        to_messages(
-            {"conversations": [{"from": "human", "value": "h"}, {"from": "tool", "value": "t"}]}, "sharegpt"
-        )
+        to_messages({"conversations": [{"from": "human", "value": "h"}, {"from": "tool", "value": "t"}]}, "sharegpt")
 
 
 @pytest.mark.parametrize(
@@ -261,9 +257,7 @@ def test_load_json_list_dict_of_splits_parquet_and_dir(tmp_path):
 
 def test_read_rows_numbers_lines_skips_blank_lines_and_accepts_bom(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_bytes(
-        b"\xef\xbb\xbf" + json.dumps(chat(1)).encode() + b"\n\n   \r\n" + json.dumps(chat(2)).encode()
-    )
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(chat(1)).encode() + b"\n\n   \r\n" + json.dumps(chat(2)).encode())
     assert list(read_rows(DataSource(path=str(path)))) == [(1, chat(1)), (4, chat(2))]
     assert firsts(load(path, shuffle=False)[0].train) == ["q1", "q2"]
     bom_json = tmp_path / "bom.json"
@@ -293,14 +287,10 @@ def test_file_level_errors(tmp_path):
     with pytest.raises(DataError, match=r"d\.csv: unsupported file type '\.csv'"):
         load(tmp_path / "d.csv")
     (tmp_path / "bad.json").write_text('{"train": [1, 2}')
-    with pytest.raises(
-        DataError, match=re.escape(f"{tmp_path / 'bad.json'}: invalid JSON: Expecting ',' delimiter")
-    ):
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'bad.json'}: invalid JSON: Expecting ',' delimiter")):
         load(tmp_path / "bad.json")
     (tmp_path / "nosplit.json").write_text(json.dumps({"test": [chat(1)]}))
-    with pytest.raises(
-        DataError, match=re.escape("nosplit.json: no list of rows for split 'train' (keys: ['test'])")
-    ):
+    with pytest.raises(DataError, match=re.escape("nosplit.json: no list of rows for split 'train' (keys: ['test'])")):
         load(tmp_path / "nosplit.json")
     (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match=r"broken\.parquet: cannot read parquet"):
@@ -310,31 +300,21 @@ def test_file_level_errors(tmp_path):
 def test_row_level_errors_name_file_row_and_reason(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(chat(1)) + "\n\n" + '{"messages": [}\n')
-    with pytest.raises(
-        DataError, match=re.escape(f"{path} row 3: invalid JSON: Expecting value (line 3, column 15)")
-    ):
+    with pytest.raises(DataError, match=re.escape(f"{path} row 3: invalid JSON: Expecting value (line 3, column 15)")):
         load(path)
     write_jsonl(path, [chat(1), [1, 2]])
     with pytest.raises(DataError, match=re.escape(f"{path} row 2: row is not a JSON object (got a list)")):
         load(path)
     write_jsonl(path, [chat(1), {"messages": [turn(U, "a"), turn(A, "b"), turn(U, "c"), turn(U, "d")]}])
-    with pytest.raises(
-        DataError, match=re.escape(f"{path} row 2: turn 4: expected role 'assistant', got 'user'")
-    ):
+    with pytest.raises(DataError, match=re.escape(f"{path} row 2: turn 4: expected role 'assistant', got 'user'")):
         load(path)
     write_jsonl(path, [chat(1), {"prompt": "q", "chosen": "c", "rejected": "r"}])
-    with pytest.raises(
-        DataError, match=re.escape(f"{path} row 2: shape 'preference' differs from the file's first")
-    ):
+    with pytest.raises(DataError, match=re.escape(f"{path} row 2: shape 'preference' differs from the file's first")):
         load(path)
     write_jsonl(path, [{"prompt": "q", "chosen": "c", "rejected": "r"}])
-    with pytest.raises(
-        DataError, match=re.escape(f"{path} row 1: a preference row (chosen/rejected) in an SFT stage")
-    ):
+    with pytest.raises(DataError, match=re.escape(f"{path} row 1: a preference row (chosen/rejected) in an SFT stage")):
         load(path)
-    with pytest.raises(
-        DataError, match=re.escape(f"{path}: format 'preference' cannot be used in a sft stage")
-    ):
+    with pytest.raises(DataError, match=re.escape(f"{path}: format 'preference' cannot be used in a sft stage")):
         load(path, src={"format": "preference"})
     write_jsonl(path, [chat(1)])
     with pytest.raises(DataError, match=re.escape(f"{path} row 1: a 'messages' row in a preference stage")):
@@ -346,15 +326,11 @@ def test_non_utf8_file_names_byte_offset(tmp_path):
     first = (json.dumps(chat(1)) + "\n").encode()
     path.write_bytes(first + '{"messages": [{"role": "user", "content": "café"}]}\n'.encode("latin-1"))
     offset = len(first) + '{"messages": [{"role": "user", "content": "caf'.__len__()
-    with pytest.raises(
-        DataError, match=re.escape(f"{path} row 2: not UTF-8: byte 0xe9 at byte offset {offset}")
-    ):
+    with pytest.raises(DataError, match=re.escape(f"{path} row 2: not UTF-8: byte 0xe9 at byte offset {offset}")):
         load(path)
     as_json = tmp_path / "latin1.json"
     as_json.write_bytes('[{"instruction": "é"}]'.encode("latin-1"))
-    with pytest.raises(
-        DataError, match=re.escape(f"{as_json} line 1: not UTF-8: byte 0xe9 at byte offset 18")
-    ):
+    with pytest.raises(DataError, match=re.escape(f"{as_json} line 1: not UTF-8: byte 0xe9 at byte offset 18")):
         load(as_json)
 
 
@@ -366,9 +342,7 @@ def test_mixed_schema_file_and_declared_format(tmp_path):
         match=re.escape(f"{path} row 2: shape 'alpaca' differs from the file's first row ('messages')"),
     ):
         load(path)
-    with pytest.raises(
-        DataError, match=re.escape(f"{path} row 2: row does not have the declared format 'messages'")
-    ):
+    with pytest.raises(DataError, match=re.escape(f"{path} row 2: row does not have the declared format 'messages'")):
         load(path, src={"format": "messages"})
     both = write_jsonl(tmp_path / "both.jsonl", [{**chat(1), "chosen": "c", "rejected": "r"}])
     assert firsts(load(both, src={"format": "messages"})[0].train) == ["q1"]
@@ -379,9 +353,7 @@ def test_very_long_lines_parse_or_fail_clearly(tmp_path):
     path = write_jsonl(tmp_path / "long.jsonl", [{"messages": [turn(U, long_text), turn(A, "ok")]}])
     assert len(load(path)[0].train[0]["messages"][0]["content"]) == 10_000_000
     path.write_text('{"messages": "' + long_text + "\n")
-    with pytest.raises(
-        DataError, match=re.escape(f"{path} row 1: invalid JSON: Unterminated string")
-    ) as info:
+    with pytest.raises(DataError, match=re.escape(f"{path} row 1: invalid JSON: Unterminated string")) as info:
         load(path)
     assert len(str(info.value)) < 300
     path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
@@ -470,16 +442,9 @@ def test_two_sources_concatenate_with_counts(tmp_path):
     data = StageData(train=[DataSource(path=str(a), weight=0.5), DataSource(path=str(b))], shuffle=False)
     result = load_stage(data, "sft", seed=0, allow_system=True, log=lambda _: None)
     names = firsts(result.train)
-    assert (
-        len(names) == 6
-        and set(names[:2]) <= {"q0", "q1", "q2", "q3"}
-        and names[2:] == ["q10", "q11", "q12", "q13"]
-    )
+    assert len(names) == 6 and set(names[:2]) <= {"q0", "q1", "q2", "q3"} and names[2:] == ["q10", "q11", "q12", "q13"]
     assert [(s.read, s.valid, s.used) for s in result.report.sources] == [(4, 4, 2), (4, 4, 4)]
-    assert (
-        result.report.summary()
-        == f"sft data: 6 train rows ({a}: 2 of 4 valid, {b}: 4 of 4 valid), 0 eval rows"
-    )
+    assert result.report.summary() == f"sft data: 6 train rows ({a}: 2 of 4 valid, {b}: 4 of 4 valid), 0 eval rows"
 
 
 def test_eval_fraction_split_sizes_and_disjoint(tmp_path):
@@ -497,9 +462,7 @@ def test_eval_fraction_split_sizes_and_disjoint(tmp_path):
 def test_eval_sources(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", [chat(1), chat(2)])
     held = write_jsonl(tmp_path / "eval.jsonl", [chat(8), chat(9), {"bad": 1}])
-    data = StageData(
-        train=[DataSource(path=str(train))], eval=[DataSource(path=str(held))], eval_fraction=0.5
-    )
+    data = StageData(train=[DataSource(path=str(train))], eval=[DataSource(path=str(held))], eval_fraction=0.5)
     with pytest.raises(DataError, match=re.escape(f"{held} row 3: unrecognised row shape")):
         load_stage(data, "sft", seed=0, allow_system=True, log=lambda _: None)
     data.train[0].max_rows = 1
@@ -511,8 +474,6 @@ def test_eval_sources(tmp_path):
 def test_max_rows_caps_rows_read(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [chat(i) for i in range(10)])
     assert firsts(load(path, src={"max_rows": 3}, shuffle=False)[0].train) == ["q0", "q1", "q2"]
-    path.write_text(
-        json.dumps(chat(0)) + "\n{bad\n" + json.dumps(chat(2)) + "\n" + json.dumps(chat(3)) + "\n"
-    )
+    path.write_text(json.dumps(chat(0)) + "\n{bad\n" + json.dumps(chat(2)) + "\n" + json.dumps(chat(3)) + "\n")
     result, _ = load(path, src={"max_rows": 3}, skip_bad_rows=True, shuffle=False)
     assert firsts(result.train) == ["q0", "q2"] and result.report.sources[0].read == 3

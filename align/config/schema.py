@@ -16,23 +16,17 @@ STAGES: tuple[Stage, ...] = ("sft", "dpo")
 class ModelSection(StrictModel):
     """Which backbone to load and how."""
 
-    name_or_path: str = Field(
-        description="Local checkpoint directory or hub model id (Mixtral architecture)."
-    )
+    name_or_path: str = Field(description="Local checkpoint directory or hub model id (Mixtral architecture).")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="Weights/compute dtype. auto: float32 on CPU (bf16 is 60-100x slower there), bf16 on GPU.",
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention kernel."
-    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field("sdpa", description="Attention kernel.")
     experts_implementation: Literal["grouped_mm", "batched_mm", "eager"] | None = Field(
         None, description="Fused-experts backend (transformers 5); None keeps the library's default."
     )
-    trust_remote_code: bool = Field(
-        False, description="Run code shipped with the checkpoint. Off unless you trust it."
-    )
+    trust_remote_code: bool = Field(False, description="Run code shipped with the checkpoint. Off unless you trust it.")
     allow_dense: bool = Field(False, description="Accept a non-MoE (dense) architecture.")
     router_aux_loss_coef: float | None = Field(
         None,
@@ -68,9 +62,7 @@ class LoraSection(StrictModel):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="Linear modules to adapt.",
     )
-    experts: Literal["all", "none"] = Field(
-        "all", description="Adapt the fused expert weights of every MoE layer."
-    )
+    experts: Literal["all", "none"] = Field("all", description="Adapt the fused expert weights of every MoE layer.")
     router: Literal["frozen", "lora", "full"] = Field(
         "frozen", description="Router (mlp.gate): frozen, LoRA-adapted, or fully trained."
     )
@@ -125,9 +117,7 @@ class Recipe(StrictModel):
     data: DataSection = Field(default_factory=DataSection)
     sft: StageSection = Field(default_factory=StageSection)
     dpo: StageSection = Field(default_factory=StageSection)
-    stages: list[Stage] = Field(
-        default_factory=lambda: ["sft", "dpo"], description="Stages to run, in order."
-    )
+    stages: list[Stage] = Field(default_factory=lambda: ["sft", "dpo"], description="Stages to run, in order.")
     output_dir: str = Field("runs/align", description="Where every stage writes OUTPUT_DIR/<stage>/.")
     seed: int = Field(42, description="Seed for data mixing, shuffling and training.")
 

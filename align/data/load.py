@@ -87,9 +87,7 @@ def _normalise(row: dict, fmt: RowFormat, kind: Kind, allow_system: bool) -> tup
     """One row -> the stage's record ({messages} or {prompt, chosen, rejected}) and its merged flag."""
     if kind == "sft":
         if fmt == "preference":
-            raise RowError(
-                "a preference row (chosen/rejected) in an SFT stage (SFT takes messages, alpaca, sharegpt)"
-            )
+            raise RowError("a preference row (chosen/rejected) in an SFT stage (SFT takes messages, alpaca, sharegpt)")
         messages, merged = check_conversation(to_messages(row, fmt), allow_system=allow_system)
         return {"messages": messages}, merged
     if fmt != "preference":

@@ -139,9 +139,7 @@ def _check_turn(i: int, turn: Any) -> dict:
     return {"role": role, "content": content}
 
 
-def check_conversation(
-    messages: Any, *, allow_system: bool, end: Role = "assistant"
-) -> tuple[list[dict], bool]:
+def check_conversation(messages: Any, *, allow_system: bool, end: Role = "assistant") -> tuple[list[dict], bool]:
     """Checks roles/contents/alternation; returns the clean turns and whether a system turn was merged.
 
     `end` is the role the last turn must have: "assistant" for SFT, "user" for a preference prompt.

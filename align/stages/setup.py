@@ -68,9 +68,7 @@ def ensure_backbone(recipe: Recipe, state: PartialState) -> None:
 def build_setup(recipe: Recipe, stage: Stage) -> StageSetup:
     """Load tokenizer, data and model for `stage`; decide which adapter gets trained."""
     runtime = resolve_runtime(recipe.model.dtype)
-    state = PartialState(
-        cpu=runtime.on_cpu
-    )  # first init wins: without cpu=True, CPU ranks run unsynchronised
+    state = PartialState(cpu=runtime.on_cpu)  # first init wins: without cpu=True, CPU ranks run unsynchronised
     ensure_backbone(recipe, state)
     output_dir = Path(recipe.output_dir)
     init = initial_adapter(recipe, stage, output_dir)
@@ -94,6 +92,4 @@ def build_setup(recipe: Recipe, stage: Stage) -> StageSetup:
         model, peft = load_adapter(model, init), None
     else:
         peft = lora_config(recipe.lora, moe=moe)
-    return StageSetup(
-        recipe, stage, runtime, tokenizer, model, peft, init, data, output_dir, state.is_main_process
-    )
+    return StageSetup(recipe, stage, runtime, tokenizer, model, peft, init, data, output_dir, state.is_main_process)

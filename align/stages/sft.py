@@ -44,7 +44,5 @@ def run_sft(setup: StageSetup | None = None, **kwargs) -> dict:
     evaluation.update({"train_loss": result.training_loss, "steps": trainer.state.global_step})
     save_stage(trainer, s.tokenizer, s.recipe, paths, evaluation)
     if "eval_loss_before" in evaluation:
-        log.info(
-            "SFT held-out loss %.3f -> %.3f", evaluation["eval_loss_before"], evaluation["eval_loss_after"]
-        )
+        log.info("SFT held-out loss %.3f -> %.3f", evaluation["eval_loss_before"], evaluation["eval_loss_after"])
     return evaluation
