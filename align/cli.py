@@ -29,9 +29,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging() -> None:
+    """align's own log lines on stderr, main process only (other ranks: warnings and errors)."""
     main_process = os.environ.get("RANK", "0") == "0"
-    logging.basicConfig(format="[align] %(message)s", level=logging.INFO if main_process else logging.WARNING)
-    logging.getLogger("align").setLevel(logging.INFO if main_process else logging.WARNING)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[align] %(message)s"))
+    logger = logging.getLogger("align")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if main_process else logging.WARNING)
+    logger.propagate = False
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -114,14 +114,20 @@ def evaluate_preferences(
     max_length: int | None = None,
     batch_size: int = 16,
 ) -> dict[str, float]:
-    """Held-out DPO metrics of `model`; `reference()` is a context in which the model IS the reference."""
+    """Held-out DPO metrics of `model`; `reference()` is a context in which the model IS the reference.
+
+    `reference=None` means the policy is its own reference (before DPO): one pass instead of two.
+    """
     pairs = [encode_pair(tokenizer, row, max_length) for row in rows]
     was_training = model.training
     model.eval()
     try:
         pc, pr = pair_logps(model, pairs, tokenizer.pad_token_id, batch_size)
-        with (reference or contextlib.nullcontext)():
-            rc, rr = pair_logps(model, pairs, tokenizer.pad_token_id, batch_size)
+        if reference is None:
+            rc, rr = pc, pr
+        else:
+            with reference():
+                rc, rr = pair_logps(model, pairs, tokenizer.pad_token_id, batch_size)
     finally:
         model.train(was_training)
     return preference_metrics(pc, pr, rc, rr, beta)

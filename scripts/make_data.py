@@ -361,9 +361,7 @@ def gen_arithmetic(rng: random.Random, pools: Pools) -> list[Turn]:
     else:
         a, b = rng.randint(2, 12), rng.randint(2, 20)
         v = a * b
-        q = rng.choice(
-            ["What is {a} times {b}?", "Multiply {a} by {b}.", "What is the product of {a} and {b}?"]
-        )
+        q = rng.choice(["What is {a} times {b}?", "Multiply {a} by {b}.", "What is the product of {a} and {b}?"])
         ans = "{a} times {b} is {v}."
     w = off(v, rng)
     turns = [Turn(q.format(a=a, b=b), ans.format(a=a, b=b, v=v), ans.format(a=a, b=b, v=w))]
@@ -496,9 +494,7 @@ def gen_sorting(rng: random.Random, pools: Pools) -> list[Turn]:
     while items == sorted(items):
         rng.shuffle(items)
     cur = sorted(items)
-    turns = [
-        Turn(q.format(l=join(items)), f"{label}: {join(cur)}.", f"{label}: {join(swap_adjacent(cur, rng))}.")
-    ]
+    turns = [Turn(q.format(l=join(items)), f"{label}: {join(cur)}.", f"{label}: {join(swap_adjacent(cur, rng))}.")]
     descending = False
     for kind in rng.sample(["reverse", "extreme", "add"], 2):
         if kind == "reverse":
@@ -541,9 +537,7 @@ def gen_counting(rng: random.Random, pools: Pools) -> list[Turn]:
                 "How many words does this sentence have? '{s}'",
             ]
         )
-        turns = [
-            Turn(q.format(s=s), f"That sentence has {n} words.", f"That sentence has {off(n, rng)} words.")
-        ]
+        turns = [Turn(q.format(s=s), f"That sentence has {n} words.", f"That sentence has {off(n, rng)} words.")]
         m = n_letters(s)
         turns.append(
             Turn(
@@ -570,9 +564,7 @@ def gen_counting(rng: random.Random, pools: Pools) -> list[Turn]:
             ]
         )
         n = n_letters(w)
-        turns = [
-            Turn(q.format(w=w), f"'{w}' has {n} letters.", f"'{w}' has {n + rng.choice([-1, 1, 2])} letters.")
-        ]
+        turns = [Turn(q.format(w=w), f"'{w}' has {n} letters.", f"'{w}' has {n + rng.choice([-1, 1, 2])} letters.")]
     else:
         w = rng.choice([x for x in COUNT_WORDS if len(set(x)) < len(x)])  # words with a repeated letter
         c = rng.choice([ch for ch in sorted(set(w)) if w.count(ch) > 1])
@@ -595,9 +587,7 @@ def gen_counting(rng: random.Random, pools: Pools) -> list[Turn]:
         if kind == "backwards":
             rev = w[::-1]
             bad = w[1:][::-1] + w[0] if w[1:][::-1] + w[0] != rev else w
-            turns.append(
-                Turn("Spell it backwards.", f"'{w}' backwards is '{rev}'.", f"'{w}' backwards is '{bad}'.")
-            )
+            turns.append(Turn("Spell it backwards.", f"'{w}' backwards is '{rev}'.", f"'{w}' backwards is '{bad}'."))
         elif kind == "vowels":
             v = sum(ch in "aeiou" for ch in w.lower())
             turns.append(
@@ -633,9 +623,7 @@ def gen_capitals(rng: random.Random, pools: Pools) -> list[Turn]:
     last = cap
     for kind in rng.sample(["other", "letters"], 2):
         if kind == "other":
-            turns.append(
-                Turn(f"And of {c2}?", f"The capital of {c2} is {cap2}.", f"The capital of {c2} is {decoy2}.")
-            )
+            turns.append(Turn(f"And of {c2}?", f"The capital of {c2} is {cap2}.", f"The capital of {c2} is {decoy2}."))
             last = cap2
         else:
             n = n_letters(last)
@@ -682,9 +670,7 @@ def gen_case(rng: random.Random, pools: Pools) -> list[Turn]:
     forms = {"upper": s.upper(), "lower": s.lower(), "title": s.title()}
     if rng.random() < 0.5:
         target, src = "upper", s
-        q = rng.choice(
-            ["Rewrite in upper case: '{s}'", "Make this all caps: '{s}'", "Convert to upper case: '{s}'"]
-        )
+        q = rng.choice(["Rewrite in upper case: '{s}'", "Make this all caps: '{s}'", "Convert to upper case: '{s}'"])
     else:
         target = "lower"
         src = rng.choice([s.upper(), s.title()])
@@ -724,9 +710,7 @@ def gen_formatting(rng: random.Random, pools: Pools) -> list[Turn]:
         for kind in shuffled(["numbered", "sorted"], rng):
             if kind == "numbered":
                 num = "\n".join(f"{i}. {x}" for i, x in enumerate(items, 1))
-                turns.append(
-                    Turn("Now as a numbered list.", f"Here it is:\n{num}", f"Here it is:\n{bullets(items)}")
-                )
+                turns.append(Turn("Now as a numbered list.", f"Here it is:\n{num}", f"Here it is:\n{bullets(items)}"))
             else:
                 srt = sorted(items, key=str.lower)
                 turns.append(
@@ -747,30 +731,22 @@ def gen_formatting(rng: random.Random, pools: Pools) -> list[Turn]:
         )
         turns = [Turn(q.format(a=a, b=b), json.dumps({"sum": a + b}), f"The sum is {a + b}.", bare=True)]
         obj = {"sum": a + b}
-        for key, val, word in shuffled(
-            [("product", a * b, "product"), ("difference", abs(a - b), "difference")], rng
-        ):
+        for key, val, word in shuffled([("product", a * b, "product"), ("difference", abs(a - b), "difference")], rng):
             wrong = dict(obj, **{key: off(val, rng)})
             obj = dict(obj, **{key: val})
-            turns.append(
-                Turn(f'Now add the {word} under "{key}".', json.dumps(obj), json.dumps(wrong), bare=True)
-            )
+            turns.append(Turn(f'Now add the {word} under "{key}".', json.dumps(obj), json.dumps(wrong), bare=True))
         return turns
     if mode == "one_word":
         one = [(c, cap) for c, cap in pools.countries if " " not in cap]
         (c, cap), (c2, cap2), (_, decoy), (_, decoy2) = rng.sample(one, 4)
-        q = rng.choice(
-            ["Answer in one word: what is the capital of {c}?", "One word only: the capital of {c}?"]
-        )
+        q = rng.choice(["Answer in one word: what is the capital of {c}?", "One word only: the capital of {c}?"])
         return [
             Turn(q.format(c=c), cap, decoy, bare=True),
             Turn(f"And of {c2}?", cap2, decoy2, bare=True),
             Turn("How many letters is that?", str(n_letters(cap2)), str(n_letters(cap2) + 1), bare=True),
         ]
     a, b = rng.randint(2, 50), rng.randint(2, 50)
-    q = rng.choice(
-        ["Answer with just the number: what is {a} + {b}?", "Reply with only the number: {a} + {b}?"]
-    )
+    q = rng.choice(["Answer with just the number: what is {a} + {b}?", "Reply with only the number: {a} + {b}?"])
     turns = [Turn(q.format(a=a, b=b), str(a + b), str(off(a + b, rng)), bare=True)]
     for _ in range(2):
         a, b = rng.randint(2, 50), rng.randint(2, 50)
@@ -996,9 +972,7 @@ def examples(b: Builder, pools: Pools) -> dict[str, list[dict]]:
     ]:
         row = b.sft_row(topic, pools, n_turns, system)
         names = {"system": "system", "user": "human", "assistant": "gpt"}
-        sharegpt.append(
-            {"conversations": [{"from": names[m["role"]], "value": m["content"]} for m in row["messages"]]}
-        )
+        sharegpt.append({"conversations": [{"from": names[m["role"]], "value": m["content"]} for m in row["messages"]]})
     out["sharegpt"] = sharegpt
 
     # preference pairs as plain strings (single-turn prompts).
@@ -1257,8 +1231,8 @@ same prefix, differing only in the last assistant turn. The shared prefix is the
 small pool of types whose surface forms recur across train and eval, so the preference is visible in the
 tokens themselves: a tiny randomly initialised model (hidden size 64, 2 layers) learns it within a few
 dozen DPO steps and carries it over to the held-out pairs. Only the `subtle` type needs actual knowledge;
-it is kept to about 10% so that a model which only learns the surface flaws can still reach about 0.9
-held-out implicit-reward accuracy (about 95% at best, if it gets every surface flaw and half the subtle ones).
+it is kept to about 10% so that a model which only learns the surface flaws and guesses on the subtle
+pairs still reaches about 0.95 held-out implicit-reward accuracy (the target is 0.9 or better).
 
 | flaw | rejected response | train | eval |
 | --- | --- | ---: | ---: |
@@ -1285,9 +1259,7 @@ def main() -> None:
     countries = shuffled(CAPITALS, rng)
     definitions = shuffled(DEFINITIONS, rng)
     sentences = shuffled(SENTENCES, rng)
-    train_pools = Pools(
-        countries[N_EVAL_COUNTRIES:], definitions[N_EVAL_WORDS:], sentences[N_EVAL_SENTENCES:]
-    )
+    train_pools = Pools(countries[N_EVAL_COUNTRIES:], definitions[N_EVAL_WORDS:], sentences[N_EVAL_SENTENCES:])
     eval_pools = Pools(countries[:N_EVAL_COUNTRIES], definitions[:N_EVAL_WORDS], sentences[:N_EVAL_SENTENCES])
 
     b = Builder(rng)

@@ -11,7 +11,7 @@ from align.config.schema import Recipe
 
 SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|auth|credential)", re.IGNORECASE)
 # Keys that look secret by name but hold vocabulary items or counts, not credentials.
-NOT_SECRET = re.compile(r"^(pad|bos|eos|unk|sep|cls|mask)_token(_id)?$|tokens?$|^num_|_tokens?_", re.IGNORECASE)
+NOT_SECRET = re.compile(r"^(pad|bos|eos|unk|sep|cls|mask)_token(_id)?$|^(max|min|num|total)_|tokens$", re.IGNORECASE)
 REDACTED = "***"
 
 

@@ -26,6 +26,7 @@ REMOVED: dict[str, str] = {
     "model_adapter_name": "TRL 1.x removed it: align trains the adapter it loaded from the SFT stage",
     "max_seq_length": "TRL renamed it: use max_length",
     "evaluation_strategy": "transformers renamed it: use eval_strategy",
+    "warmup_ratio": "transformers 5 removed it: warmup_steps below 1 is a fraction of the training steps",
 }
 
 # Set elsewhere in the recipe, so they have one home.

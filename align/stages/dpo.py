@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 from trl import DPOTrainer
@@ -70,7 +69,7 @@ def run_dpo(setup: StageSetup | None = None, **kwargs) -> dict:
     rows = _held_out(s)
     # Before training the policy IS the reference: accuracy 0.5 by construction; logp_accuracy says
     # whether the starting (SFT) policy already prefers the chosen answers.
-    before = _evaluate(trainer, s, rows, reference=lambda: contextlib.nullcontext())
+    before = _evaluate(trainer, s, rows, reference=None)
     result = trainer.train()
     after = _evaluate(trainer, s, rows, reference=reference_context(trainer.model))
     evaluation = {

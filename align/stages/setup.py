@@ -84,7 +84,7 @@ def build_setup(recipe: Recipe, stage: Stage) -> StageSetup:
         log=log.info if state.is_main_process else (lambda _msg: None),
     )
     if state.is_main_process:
-        log.info("%s data: %s", stage, data.report.summary())
+        log.info("%s", data.report.summary())
     model = load_model(recipe.model, recipe.quantization, runtime)
     moe = model.config.model_type in MOE_MODEL_TYPES
     if init is not None:
