@@ -22,7 +22,7 @@ from align.errors import ModelError
 
 @pytest.fixture(scope="module")
 def reference():
-    """Mistral's reference encoders for Mixtral 8x7B Instruct (tokenizer v1): fine-tuning mode and test mode (prompts)."""
+    """Mistral's reference encoders (tokenizer v1): fine-tuning mode, and test mode for prompts."""
     from importlib import resources
 
     from mistral_common.protocol.instruct.validator import ValidationMode
