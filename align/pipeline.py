@@ -28,7 +28,9 @@ def run_pipeline(recipe: Recipe, stages: list[Stage] | None = None) -> dict:
         result["seconds"] = round(time.perf_counter() - start, 1)
         summary["stages"][stage] = result
         gc.collect()  # the stage's model and trainer go before the next one loads
-    if PartialState().is_main_process:
+    state = PartialState()
+    summary["world_size"] = state.num_processes
+    if state.is_main_process:
         path = Path(recipe.output_dir) / "summary.json"
         path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
