@@ -146,3 +146,20 @@ def test_training_args_cpu_defaults_and_recipe_precedence(tmp_path):
     assert args.output_dir == str(tmp_path)
     sft = training_args(recipe, "sft", Runtime("cpu", torch.float32), tmp_path)
     assert sft.assistant_only_loss is True
+
+
+def test_readme_recipe_reference_matches_the_schema(repo_root):
+    from align.config.reference import markdown
+
+    text = (repo_root / "README.md").read_text()
+    start, end = "<!-- recipe-reference:start -->\n", "<!-- recipe-reference:end -->"
+    assert text[text.index(start) + len(start) : text.index(end)] == markdown()
+
+
+def test_readme_paths_exist(repo_root):
+    import re
+
+    text = (repo_root / "README.md").read_text()
+    paths = set(re.findall(r"(?:recipes|accelerate_configs|docs|data)/[\w./-]+\.(?:yaml|md)", text))
+    assert len(paths) >= 5
+    assert [p for p in paths if not (repo_root / p).exists()] == []

@@ -24,11 +24,23 @@ SMALL_DATA = [
 def test_two_process_run_takes_the_single_process_number_of_steps(tmp_path, repo_root, tiny_dir):
     accelerate = shutil.which("accelerate") or pytest.skip("accelerate CLI not on PATH")
     cmd = [
-        accelerate, "launch", "--config_file", "accelerate_configs/cpu_2proc.yaml", "--main_process_port", "29517",
-        "-m", "align", "run", "recipes/tiny-mixtral/pipeline.yaml", f"output_dir={tmp_path}",
-        f"model.name_or_path={tiny_dir}", "model.create_tiny_if_missing=false",
+        accelerate,
+        "launch",
+        "--config_file",
+        "accelerate_configs/cpu_2proc.yaml",
+        "--main_process_port",
+        "29517",
+        "-m",
+        "align",
+        "run",
+        "recipes/tiny-mixtral/pipeline.yaml",
+        f"output_dir={tmp_path}",
+        f"model.name_or_path={tiny_dir}",
+        "model.create_tiny_if_missing=false",
         # global batch 2 ranks x 4 = the single-process recipe's 8
-        "sft.per_device_train_batch_size=4", "dpo.per_device_train_batch_size=4", *SMALL_DATA,
+        "sft.per_device_train_batch_size=4",
+        "dpo.per_device_train_batch_size=4",
+        *SMALL_DATA,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=1200, env=env)

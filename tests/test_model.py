@@ -17,8 +17,14 @@ CPU = Runtime("cpu", torch.float32)
 @pytest.fixture(scope="module")
 def dense_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("dense")
-    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     LlamaForCausalLM(config).save_pretrained(path)
     return path
 

@@ -32,8 +32,15 @@ def test_outputs_have_the_documented_layout(run):
     out, proc = run
     for stage in ("sft", "dpo"):
         names = {p.name for p in (out / stage).iterdir()}
-        assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json", "chat_template.jinja",
-                "recipe.yaml", "metrics.jsonl", "eval.json"} <= names
+        assert {
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "tokenizer_config.json",
+            "chat_template.jinja",
+            "recipe.yaml",
+            "metrics.jsonl",
+            "eval.json",
+        } <= names
         assert "training_args.bin" not in names and "ref" not in names  # no pickles, no reference copy
     assert not list(out.glob(".*.tmp"))
     assert f"outputs: {out}" in proc.stdout and "held-out reward accuracy" in proc.stdout
@@ -69,8 +76,12 @@ def test_adapter_loads_with_stock_peft_and_changes_the_model(run):
     out = run[0]
     base = AutoModelForCausalLM.from_pretrained(out / "tiny-base", dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(out / "dpo")
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], return_tensors="pt",
-                                  add_generation_prompt=True, return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 3?"}],
+        return_tensors="pt",
+        add_generation_prompt=True,
+        return_dict=True,
+    )["input_ids"]
     with torch.no_grad():
         before = base(ids).logits
         model = PeftModel.from_pretrained(base, out / "dpo")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from transformers import PrinterCallback
 from trl import DPOTrainer
 from trl.trainer.utils import use_adapter
 
@@ -65,6 +66,7 @@ def run_dpo(setup: StageSetup | None = None, **kwargs) -> dict:
         peft_config=s.peft_config,
         callbacks=[MetricsLogger(paths.metrics, "dpo")],
     )
+    trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; MetricsLogger reports instead
     s.log_trainable(trainer.model)
     rows = _held_out(s)
     # Before training the policy IS the reference: accuracy 0.5 by construction; logp_accuracy says

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+log = logging.getLogger("align")
+# What the one-line progress report shows, when the trainer logged it.
+PROGRESS_KEYS = ("loss", "aux_loss", "rewards/accuracies", "rewards/margins", "learning_rate", "tokens_per_second")
 
 
 class MetricsLogger(TrainerCallback):
@@ -36,6 +41,10 @@ class MetricsLogger(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        every = max(1, state.max_steps // 10)
+        if "loss" in logs and (state.global_step % every == 0 or state.global_step == state.max_steps):
+            shown = " ".join(f"{k.split('/')[-1]} {_short(record[k])}" for k in PROGRESS_KEYS if k in record)
+            log.info("%s step %d/%d  %s", self.stage, state.global_step, state.max_steps, shown)
 
 
 def _clean(value):
@@ -43,6 +52,10 @@ def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+from transformers import PrinterCallback
 from trl import SFTTrainer
 
 from align.stages.args import training_args
@@ -37,6 +38,7 @@ def run_sft(setup: StageSetup | None = None, **kwargs) -> dict:
         peft_config=s.peft_config,
         callbacks=[MetricsLogger(paths.metrics, "sft")],
     )
+    trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; MetricsLogger reports instead
     s.log_trainable(trainer.model)
     evaluation = {"stage": "sft", "train_rows": len(s.data.train), **_loss_metrics(trainer, "before")}
     result = trainer.train()
