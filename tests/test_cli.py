@@ -64,3 +64,22 @@ def test_bad_data_row_stops_the_run_naming_file_and_row(tmp_path, tiny_dir, caps
     err = capsys.readouterr().err
     assert f"{bad} row 1: turn 2: empty content" in err
     assert not (tmp_path / "out" / "sft").exists()  # nothing that looks like a finished output
+
+
+def test_sft_with_packing_runs(tmp_path, tiny_dir):
+    code = main(
+        [
+            "sft",
+            "recipes/tiny-mixtral/sft.yaml",
+            f"output_dir={tmp_path}",
+            f"model.name_or_path={tiny_dir}",
+            "sft.packing=true",
+            "sft.max_steps=3",
+            "sft.eval_samples=8",
+        ]
+    )
+    assert code == 0
+    import json
+
+    ev = json.loads((tmp_path / "sft" / "eval.json").read_text())
+    assert ev["steps"] == 3 and ev["eval_loss_after"] < ev["eval_loss_before"]
