@@ -85,7 +85,7 @@ def test_group_by_expert_covers_every_routed_slot():
 def test_routed_equals_peft_target_parameters_forward_and_backward():
     stock = get_peft_model(tiny_mixtral(), stock_config())
     randomize_adapters(stock)
-    routed = wrap(tiny_mixtral(), stock_config(), plan={l: dict.fromkeys(range(E), 4) for l in range(2)})
+    routed = wrap(tiny_mixtral(), stock_config(), plan={layer: dict.fromkeys(range(E), 4) for layer in range(2)})
     copy_stock_into_routed(stock, routed)
     ids = torch.randint(0, 128, (3, 11))
     out_s = stock(input_ids=ids, labels=ids)
