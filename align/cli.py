@@ -22,6 +22,12 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text)
         sp.add_argument("recipe", help="YAML recipe file")
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.05 output_dir=runs/x")
+    prof = sub.add_parser("profile-experts", help="routing profile of a stage's training data (routing.json + PNG)")
+    prof.add_argument("recipe")
+    prof.add_argument("overrides", nargs="*")
+    prof.add_argument("--stage", choices=["sft", "dpo"], default="sft")
+    prof.add_argument("--max-tokens", type=int, default=50000)
+    prof.add_argument("--out", help="output directory (default OUTPUT_DIR/routing)")
     tiny = sub.add_parser("tiny-model", help="write the embedded tiny Mixtral (real Mixtral tokenizer)")
     tiny.add_argument("out_dir")
     tiny.add_argument("--seed", type=int, default=0)
@@ -37,6 +43,11 @@ def _setup_logging() -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if main_process else logging.WARNING)
     logger.propagate = False
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()  # per-map bars drown align's own lines; the run reports progress itself
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -50,6 +61,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     if args.command == "check":
         print(recipe_to_yaml(recipe), end="")
+        return 0
+    if args.command == "profile-experts":
+        from align.moe.cli import profile_experts
+
+        print(profile_experts(recipe, args.stage, args.max_tokens, args.out))
         return 0
     from align.pipeline import format_summary, run_pipeline
 

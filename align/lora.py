@@ -15,7 +15,7 @@ def lora_config(section: LoraSection, moe: bool = True) -> LoraConfig:
     """LoRA on the attention modules, and (MoE models) on the fused experts and router as asked."""
     target_parameters: list[str] = []
     modules_to_save: list[str] | None = None
-    if moe and section.experts == "all":
+    if moe and section.experts != "none":  # routed: align.moe.adapters.wrap swaps these for its own layer
         target_parameters += EXPERT_PARAMETERS
     if moe and section.router == "lora":
         target_parameters.append(ROUTER_PARAMETER)

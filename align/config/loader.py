@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -113,16 +114,39 @@ def typing_args(annotation: Any) -> tuple:
     return tuple(out)
 
 
+UNION_TAG = re.compile(r"^(literal\[|dict\[|list\[|function-)|^[A-Z]\w*$")
+
+
+def _collapse_unions(errors: list[dict]) -> list[dict]:
+    """A value that matches no branch of a union gives one error per branch: keep one, at the field."""
+    seen: dict[tuple, dict] = {}
+    for e in errors:
+        loc = tuple(e["loc"])
+        cut = next((i for i, p in enumerate(loc) if isinstance(p, str) and UNION_TAG.match(p)), None)
+        if cut is None:
+            seen[loc] = e
+            continue
+        key = loc[:cut]
+        if key not in seen:
+            seen[key] = {**e, "loc": key, "type": "union", "input": e.get("input")}
+    return list(seen.values())
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One line per problem: the dotted key, the file, and what is expected."""
     lines = []
-    for e in err.errors():
+    for e in _collapse_unions(err.errors()):
         loc = tuple(e["loc"])
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
             owner = _model_at(loc, Recipe)
             hint = _closest(str(loc[-1]), list(owner.model_fields)) if owner else ""
             lines.append(f"unknown key '{dotted}' in {source}{hint}")
+        elif e["type"] == "union":
+            owner = _model_at(loc, Recipe)
+            field = owner.model_fields.get(str(loc[-1])) if owner else None
+            expected = field.description if field is not None else "a different value"
+            lines.append(f"'{dotted}' in {source}: invalid value {e.get('input')!r}; expected: {expected}")
         elif e["type"] == "missing":
             lines.append(f"missing key '{dotted}' in {source}")
         else:

@@ -47,34 +47,75 @@ class ModelSection(StrictModel):
     )
 
 
-class LoraSection(StrictModel):
-    """LoRA adapters: attention modules plus the fused experts."""
+class TopP(StrictModel):
+    """Per layer, the most-used experts until their routed-token share reaches top_p."""
 
-    r: int = Field(16, gt=0, description="LoRA rank.")
-    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    top_p: float = Field(gt=0, le=1, description="Cumulative routed-token share to cover in each layer.")
+
+
+class TopK(StrictModel):
+    """Per layer, the k most-used experts."""
+
+    top_k_per_layer: int = Field(gt=0, description="Experts kept per layer.")
+
+
+ExpertPolicy = Literal["all", "none"] | TopP | TopK | dict[int, list[int]]
+
+
+class LoraSection(StrictModel):
+    """LoRA adapters: attention modules, the fused experts (routed, expert-aware) and the router."""
+
+    r: int = Field(16, gt=0, description="LoRA rank (the mean expert rank with rank_by_load).")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
     dropout: float = Field(
         0.0,
         ge=0,
         lt=1,
-        description="LoRA dropout. PEFT forbids it when experts are adapted (target_parameters).",
+        description="LoRA dropout (attention and routed experts; PEFT forbids it on target_parameters).",
     )
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        description="Linear modules to adapt.",
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="Linear modules to adapt."
     )
-    experts: Literal["all", "none"] = Field("all", description="Adapt the fused expert weights of every MoE layer.")
+    experts: ExpertPolicy = Field(
+        "all",
+        description="Experts to adapt: all, none, {top_p: p}, {top_k_per_layer: k} or {layer: [experts]}; "
+        "top_p/top_k use the routing profile of the stage's training data.",
+    )
+    implementation: Literal["routed", "peft"] = Field(
+        "routed",
+        description="routed: align's expert LoRA (only routed tokens, any selection); peft: PEFT target_parameters "
+        "(every expert, dense delta each forward).",
+    )
+    rank_by_load: bool = Field(False, description="Rank of each selected expert proportional to its routed share.")
+    min_rank: int = Field(2, gt=0, description="Smallest expert rank with rank_by_load.")
+    max_rank: int | None = Field(None, gt=0, description="Largest expert rank with rank_by_load (default 4 x r).")
+    routing_profile: str | None = Field(
+        None, description="routing.json from `align profile-experts`; computed on the fly when selection needs it."
+    )
+    profile_max_tokens: int = Field(20000, gt=0, description="Tokens profiled when the profile is computed on the fly.")
     router: Literal["frozen", "lora", "full"] = Field(
         "frozen", description="Router (mlp.gate): frozen, LoRA-adapted, or fully trained."
     )
 
     @model_validator(mode="after")
-    def _dropout_with_experts(self) -> LoraSection:
-        if self.dropout and (self.experts != "none" or self.router == "lora"):
+    def _consistent(self) -> LoraSection:
+        dense_peft = self.implementation == "peft" and self.experts != "none"
+        if self.dropout and (dense_peft or self.router == "lora"):
             raise ValueError(
-                "lora.dropout must be 0 when experts or the router are adapted (PEFT 0.21 target_parameters "
-                "forbids dropout); set lora.dropout: 0 or lora.experts: none"
+                "lora.dropout must be 0 with PEFT target_parameters (implementation: peft or router: lora); "
+                "routed experts (implementation: routed) accept dropout"
             )
+        if self.implementation == "peft" and (self.experts not in ("all", "none") or self.rank_by_load):
+            raise ValueError("implementation: peft adapts every expert at one rank; use implementation: routed")
         return self
+
+    def policy(self):
+        """The expert policy as plain data for align.moe.placement."""
+        return self.experts.model_dump() if isinstance(self.experts, StrictModel) else self.experts
+
+    @property
+    def needs_profile(self) -> bool:
+        return isinstance(self.experts, TopP | TopK) or (self.rank_by_load and self.experts != "none")
 
 
 class QuantizationSection(StrictModel):

@@ -12,6 +12,7 @@ from peft import PeftModel
 
 from align.config import Recipe, Stage, recipe_to_yaml
 from align.errors import ModelError
+from align.moe.adapters import export_stock, is_routed_adapter, load_routed
 
 log = logging.getLogger("align")
 
@@ -50,6 +51,8 @@ def load_adapter(model, adapter_dir: str | Path):
     """Wrap `model` with a saved LoRA adapter, trainable (the stock PEFT format)."""
     if not stage_complete(Path(adapter_dir)):
         raise ModelError(f"no LoRA adapter at {adapter_dir} (expected {', '.join(ADAPTER_FILES)})")
+    if is_routed_adapter(adapter_dir):  # stock format on disk, align's routed expert layer in memory
+        return load_routed(model, adapter_dir, is_trainable=True)
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
 
 
@@ -69,6 +72,7 @@ def save_stage(trainer, tokenizer, recipe: Recipe, paths: StagePaths, evaluation
     trainer.save_model(str(paths.tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        export_stock(accelerator.unwrap_model(trainer.model), paths.tmp)
         for name in NOT_OUTPUTS:
             target = paths.tmp / name
             if target.is_dir():

@@ -11,7 +11,6 @@ from trl.trainer.utils import use_adapter
 from align.evaluate import evaluate_preferences
 from align.stages.args import training_args
 from align.stages.common import StagePaths, prepare_dirs, save_stage
-from align.stages.metrics import MetricsLogger
 from align.stages.setup import StageSetup, build_setup
 
 log = logging.getLogger("align")
@@ -64,7 +63,7 @@ def run_dpo(setup: StageSetup | None = None, **kwargs) -> dict:
         train_dataset=s.data.train,
         processing_class=s.tokenizer,
         peft_config=s.peft_config,
-        callbacks=[MetricsLogger(paths.metrics, "dpo")],
+        callbacks=s.callbacks(paths.metrics),
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; MetricsLogger reports instead
     s.log_trainable(trainer.model)

@@ -14,8 +14,12 @@ from align.config import Recipe, Stage
 from align.data import StageDatasets, load_stage
 from align.lora import lora_config
 from align.model import MOE_MODEL_TYPES, load_model, load_tokenizer
+from align.moe.adapters import wrap
+from align.moe.metrics import RoutingMetrics, probe_batch
+from align.moe.routing import expert_plan
 from align.runtime import Runtime, resolve_runtime
 from align.stages.common import load_adapter, stage_complete, trainable_parameters
+from align.stages.metrics import MetricsLogger
 from align.tiny import build_tiny_mixtral
 
 log = logging.getLogger("align")
@@ -35,6 +39,14 @@ class StageSetup:
     data: StageDatasets
     output_dir: Path
     is_main: bool
+
+    def callbacks(self, metrics_path: Path) -> list:
+        """Routing metrics (MoE models; they must run before the logger sees the logs), then metrics.jsonl."""
+        out = []
+        if self.model.config.model_type in MOE_MODEL_TYPES:
+            probe = probe_batch(self.tokenizer, self.data.train)
+            out.append(RoutingMetrics(probe, self.model.config.num_experts_per_tok))
+        return [*out, MetricsLogger(metrics_path, self.stage)]
 
     def log_trainable(self, model) -> None:
         trainable, total = trainable_parameters(model)
@@ -87,9 +99,13 @@ def build_setup(recipe: Recipe, stage: Stage) -> StageSetup:
         log.info("%s", data.report.summary())
     model = load_model(recipe.model, recipe.quantization, runtime)
     moe = model.config.model_type in MOE_MODEL_TYPES
+    peft = None
     if init is not None:
         log.info("%s starts from the adapter in %s", stage, init)
-        model, peft = load_adapter(model, init), None
+        model = load_adapter(model, init)
+    elif moe and recipe.lora.implementation == "routed" and recipe.lora.experts != "none":
+        plan = expert_plan(recipe.lora, model, tokenizer, data.train, output_dir / "routing", state.is_main_process)
+        model = wrap(model, lora_config(recipe.lora, moe=moe), plan)
     else:
         peft = lora_config(recipe.lora, moe=moe)
     return StageSetup(recipe, stage, runtime, tokenizer, model, peft, init, data, output_dir, state.is_main_process)

@@ -10,7 +10,6 @@ from trl import SFTTrainer
 
 from align.stages.args import training_args
 from align.stages.common import StagePaths, prepare_dirs, save_stage
-from align.stages.metrics import MetricsLogger
 from align.stages.setup import StageSetup, build_setup
 
 log = logging.getLogger("align")
@@ -36,7 +35,7 @@ def run_sft(setup: StageSetup | None = None, **kwargs) -> dict:
         eval_dataset=s.data.eval,
         processing_class=s.tokenizer,
         peft_config=s.peft_config,
-        callbacks=[MetricsLogger(paths.metrics, "sft")],
+        callbacks=s.callbacks(paths.metrics),
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; MetricsLogger reports instead
     s.log_trainable(trainer.model)

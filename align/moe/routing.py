@@ -1,0 +1,65 @@
+"""Profile a stage's training data through the router, and turn the recipe's policy into a plan."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from align.config.schema import LoraSection
+from align.moe.placement import Plan, assign_ranks, plan_size, select_experts
+from align.moe.plot import routing_heatmap
+from align.moe.profile import RoutingProfile, batches_from_conversations, conversations_from_rows, profile_model
+
+log = logging.getLogger("align")
+
+
+def profile_rows(model, tokenizer, rows, max_tokens: int, max_length: int = 1024, batch_size: int = 8):
+    """Routing profile of `rows` (SFT or preference rows) through `model`'s routers, no grad."""
+    conversations = conversations_from_rows(rows)
+    batches = batches_from_conversations(tokenizer, conversations, batch_size=batch_size, max_length=max_length)
+    return profile_model(model, batches, max_tokens=max_tokens)
+
+
+def write_profile(profile: RoutingProfile, out_dir: Path, title: str) -> tuple[Path, Path]:
+    """routing.json + routing.png in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return profile.to_json(out_dir / "routing.json"), routing_heatmap(profile, out_dir / "routing.png", title=title)
+
+
+def expert_plan(section: LoraSection, model, tokenizer, rows, out_dir: Path, is_main: bool) -> Plan:
+    """The layer -> {expert: rank} plan for the recipe's lora section (profiling first if it needs it)."""
+    config = model.config
+    layers, experts = config.num_hidden_layers, config.num_local_experts
+    shares = None
+    if section.needs_profile:
+        if section.routing_profile:
+            profile = RoutingProfile.from_json(section.routing_profile)
+        else:
+            profile = profile_rows(model, tokenizer, rows, section.profile_max_tokens)
+            if is_main:
+                json_path, _ = write_profile(profile, out_dir, "routing profile of the training data")
+                log.info("routing profile of %d tokens written to %s", profile.tokens, json_path)
+        if (len(profile.layers), profile.num_experts) != (layers, experts):
+            raise ValueError(
+                f"routing profile has {len(profile.layers)} layers x {profile.num_experts} experts, "
+                f"the model {layers} x {experts}"
+            )
+        shares = profile.token_share_matrix()
+    selected = select_experts(section.policy(), shares, layers, experts)
+    plan = assign_ranks(selected, shares, section.r, section.rank_by_load, section.min_rank, section.max_rank)
+    adapted = sum(len(v) for v in plan.values())
+    full = plan_size(
+        {i: dict.fromkeys(range(experts), section.r) for i in range(layers)},
+        config.hidden_size,
+        config.intermediate_size,
+    )
+    ours = plan_size(plan, config.hidden_size, config.intermediate_size)
+    log.info(
+        "expert LoRA: %d of %d experts adapted, %s expert parameters (%.0f%% of all experts at r=%d)",
+        adapted,
+        layers * experts,
+        f"{ours:,}",
+        100.0 * ours / max(full, 1),
+        section.r,
+    )
+    return plan
