@@ -39,6 +39,9 @@ def run_pipeline(recipe: Recipe, stages: list[Stage] | None = None) -> dict:
 def format_summary(summary: dict) -> str:
     """What a user reads at the end of a run: where outputs are and what was measured."""
     lines = [f"outputs: {summary['output_dir']}"]
+    heatmap = Path(summary["output_dir"]) / "routing" / "routing.png"
+    if heatmap.exists():
+        lines.append(f"  routing profile of the training data: {heatmap}")
     for stage, r in summary["stages"].items():
         where = f"  {stage}: {summary['output_dir']}/{stage}/  ({r.get('steps')} steps, {r.get('seconds')} s)"
         lines.append(where)

@@ -160,6 +160,6 @@ def test_readme_paths_exist(repo_root):
     import re
 
     text = (repo_root / "README.md").read_text()
-    paths = set(re.findall(r"(?:recipes|accelerate_configs|docs|data)/[\w./-]+\.(?:yaml|md)", text))
+    paths = set(re.findall(r"(?:recipes|accelerate_configs|docs|data)/[\w./-]+\.(?:yaml|md|png)", text))
     assert len(paths) >= 5
     assert [p for p in paths if not (repo_root / p).exists()] == []

@@ -113,9 +113,6 @@ class LoraSection(StrictModel):
         """The expert policy as plain data for align.moe.placement."""
         return self.experts.model_dump() if isinstance(self.experts, StrictModel) else self.experts
 
-    @property
-    def needs_profile(self) -> bool:
-        return isinstance(self.experts, TopP | TopK) or (self.rank_by_load and self.experts != "none")
 
 
 class QuantizationSection(StrictModel):

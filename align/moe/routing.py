@@ -26,25 +26,32 @@ def write_profile(profile: RoutingProfile, out_dir: Path, title: str) -> tuple[P
     return profile.to_json(out_dir / "routing.json"), routing_heatmap(profile, out_dir / "routing.png", title=title)
 
 
+def load_or_profile(section: LoraSection, model, tokenizer, rows, out_dir: Path, is_main: bool) -> RoutingProfile:
+    """The recipe's routing profile file, or a fresh profile of the training data (written on the main process)."""
+    if section.routing_profile:
+        return RoutingProfile.from_json(section.routing_profile)
+    profile = profile_rows(model, tokenizer, rows, section.profile_max_tokens)
+    if is_main:
+        json_path, _ = write_profile(profile, out_dir, "routing profile of the training data")
+        log.info("routing profile of %d tokens written to %s (+ routing.png)", profile.tokens, json_path)
+    return profile
+
+
 def expert_plan(section: LoraSection, model, tokenizer, rows, out_dir: Path, is_main: bool) -> Plan:
-    """The layer -> {expert: rank} plan for the recipe's lora section (profiling first if it needs it)."""
+    """The layer -> {expert: rank} plan for the recipe's lora section.
+
+    The routing profile of the training data is always taken (OUTPUT_DIR/routing/), so every run shows how
+    its data uses the experts; selection policies and rank_by_load are computed from it.
+    """
     config = model.config
     layers, experts = config.num_hidden_layers, config.num_local_experts
-    shares = None
-    if section.needs_profile:
-        if section.routing_profile:
-            profile = RoutingProfile.from_json(section.routing_profile)
-        else:
-            profile = profile_rows(model, tokenizer, rows, section.profile_max_tokens)
-            if is_main:
-                json_path, _ = write_profile(profile, out_dir, "routing profile of the training data")
-                log.info("routing profile of %d tokens written to %s", profile.tokens, json_path)
-        if (len(profile.layers), profile.num_experts) != (layers, experts):
-            raise ValueError(
-                f"routing profile has {len(profile.layers)} layers x {profile.num_experts} experts, "
-                f"the model {layers} x {experts}"
-            )
-        shares = profile.token_share_matrix()
+    profile = load_or_profile(section, model, tokenizer, rows, out_dir, is_main)
+    if (len(profile.layers), profile.num_experts) != (layers, experts):
+        raise ValueError(
+            f"routing profile has {len(profile.layers)} layers x {profile.num_experts} experts, "
+            f"the model {layers} x {experts}"
+        )
+    shares = profile.token_share_matrix()
     selected = select_experts(section.policy(), shares, layers, experts)
     plan = assign_ranks(selected, shares, section.r, section.rank_by_load, section.min_rank, section.max_rank)
     adapted = sum(len(v) for v in plan.values())
