@@ -81,9 +81,19 @@ def test_stage_list_errors():
     assert "data.dpo is missing" in error_of({"model": {"name_or_path": "m"}, "data": {"sft": BASE["data"]["sft"]}})
 
 
-def test_lora_dropout_conflicts_with_expert_adapters():
-    assert "lora.dropout must be 0" in error_of(with_(lora={"dropout": 0.1}))
+def test_lora_dropout_conflicts_only_with_peft_target_parameters():
+    assert "lora.dropout must be 0" in error_of(with_(lora={"dropout": 0.1, "implementation": "peft"}))
+    assert "lora.dropout must be 0" in error_of(with_(lora={"dropout": 0.1, "router": "lora"}))
     assert recipe_from_dict(with_(lora={"dropout": 0.1, "experts": "none"})).lora.dropout == 0.1
+    assert recipe_from_dict(with_(lora={"dropout": 0.1})).lora.dropout == 0.1  # routed experts take dropout
+
+
+def test_expert_policies_parse_and_bad_ones_are_one_line():
+    assert recipe_from_dict(with_(lora={"experts": {"top_p": 0.5}})).lora.policy() == {"top_p": 0.5}
+    assert recipe_from_dict(with_(lora={"experts": {0: [1, 2]}})).lora.policy() == {0: [1, 2]}
+    message = error_of(with_(lora={"experts": {"top_q": 0.5}}))
+    assert message.startswith("'lora.experts' in r.yaml: invalid value {'top_q': 0.5}") and "\n" not in message
+    assert "implementation: routed" in error_of(with_(lora={"implementation": "peft", "experts": {"top_p": 0.5}}))
 
 
 def test_trl_values_are_converted_and_kept_apart():
@@ -151,7 +161,7 @@ def test_training_args_cpu_defaults_and_recipe_precedence(tmp_path):
 def test_readme_recipe_reference_matches_the_schema(repo_root):
     from align.config.reference import markdown
 
-    text = (repo_root / "README.md").read_text()
+    text = (repo_root / "README.md").read_text()  # regenerate with: python -m align.config.reference
     start, end = "<!-- recipe-reference:start -->\n", "<!-- recipe-reference:end -->"
     assert text[text.index(start) + len(start) : text.index(end)] == markdown()
 

@@ -97,3 +97,25 @@ def test_router_modes(tiny_dir, router, trained_name):
 def test_frozen_router_has_no_trainable_router_parameters(tiny_dir):
     model = wrap(tiny_moe(tiny_dir), lora_config(LoraSection()), plan={0: {0: 4}})
     assert not [n for n, p in model.named_parameters() if p.requires_grad and ".gate." in n]
+
+
+def test_profile_experts_command(tmp_path, tiny_dir, capsys):
+    code = main(
+        [
+            "profile-experts",
+            "recipes/tiny-mixtral/pipeline.yaml",
+            f"model.name_or_path={tiny_dir}",
+            "--stage",
+            "dpo",
+            "--max-tokens",
+            "1500",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    profile = json.loads((tmp_path / "routing.json").read_text())
+    assert 1500 <= profile["tokens"] < 1500 + 8 * 256 and len(profile["layers"]) == 2
+    assert all(abs(sum(layer["token_share"]) - 1) < 1e-6 for layer in profile["layers"])
+    assert (tmp_path / "routing.png").exists() and "imbalance" in out

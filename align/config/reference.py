@@ -50,3 +50,18 @@ def markdown() -> str:
         "`assistant_only_loss: true` (SFT), and on CPU `use_cpu: true`, `bf16: false`."
     )
     return "\n\n".join(parts) + "\n"
+
+
+def update_readme(path: str = "README.md") -> None:
+    """Rewrite the README's generated recipe reference (`python -m align.config.reference`)."""
+    from pathlib import Path
+
+    readme = Path(path)
+    text = readme.read_text()
+    start, end = "<!-- recipe-reference:start -->\n", "<!-- recipe-reference:end -->"
+    head, tail = text[: text.index(start) + len(start)], text[text.index(end) :]
+    readme.write_text(head + markdown() + tail)
+
+
+if __name__ == "__main__":
+    update_readme()
