@@ -119,3 +119,30 @@ def test_profile_experts_command(tmp_path, tiny_dir, capsys):
     assert 1500 <= profile["tokens"] < 1500 + 8 * 256 and len(profile["layers"]) == 2
     assert all(abs(sum(layer["token_share"]) - 1) < 1e-6 for layer in profile["layers"])
     assert (tmp_path / "routing.png").exists() and "imbalance" in out
+
+
+def test_dpo_reference_is_a_frozen_copy_of_the_routed_sft_adapter(top_p_run, tiny_dir, tmp_path):
+    from trl import DPOConfig, DPOTrainer
+
+    from align.config.schema import ModelSection, QuantizationSection
+    from align.data import DataSource, StageData, load_stage
+    from align.model import load_model, load_tokenizer
+    from align.moe.adapters import load_routed
+    from align.runtime import Runtime
+
+    section = ModelSection(name_or_path=str(tiny_dir))
+    model = load_routed(load_model(section, QuantizationSection(), Runtime("cpu", torch.float32)), top_p_run / "sft")
+    data = load_stage(StageData(train=[DataSource(path="data/prefs/train.jsonl", max_rows=8)]), "preference",
+                      seed=0, allow_system=False, log=lambda _m: None)
+    args = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, max_steps=1, report_to="none",
+                     per_device_train_batch_size=4, gradient_checkpointing=True)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=data.train, processing_class=load_tokenizer(section))
+    params = dict(trainer.model.named_parameters())
+    routed = [n for n in params if "lora_gate_up_A.default." in n]
+    assert routed
+    for name in routed:
+        ref = params[name.replace(".default.", ".ref.")]
+        assert torch.equal(ref, params[name]) and not ref.requires_grad
+    trainer.train()  # one step with gradient checkpointing through the routed layer
+    for name in routed:
+        assert not torch.equal(params[name.replace(".default.", ".ref.")], params[name])  # policy moved, ref did not

@@ -114,7 +114,6 @@ class LoraSection(StrictModel):
         return self.experts.model_dump() if isinstance(self.experts, StrictModel) else self.experts
 
 
-
 class QuantizationSection(StrictModel):
     """bitsandbytes 4-bit loading (QLoRA)."""
 

@@ -9,6 +9,7 @@ from trl import DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from align.evaluate import evaluate_preferences
+from align.moe.zero3 import register_moe_leaves
 from align.stages.args import training_args
 from align.stages.common import StagePaths, prepare_dirs, save_stage
 from align.stages.setup import StageSetup, build_setup
@@ -56,6 +57,7 @@ def run_dpo(setup: StageSetup | None = None, **kwargs) -> dict:
     paths = StagePaths(s.output_dir, "dpo")
     prepare_dirs(paths, s.is_main)
     args = training_args(s.recipe, "dpo", s.runtime, paths.work)
+    register_moe_leaves(s.model)  # after the args: they switch ZeRO-3 on
     trainer = DPOTrainer(
         model=s.model,
         ref_model=None,

@@ -8,6 +8,7 @@ import math
 from transformers import PrinterCallback
 from trl import SFTTrainer
 
+from align.moe.zero3 import register_moe_leaves
 from align.stages.args import training_args
 from align.stages.common import StagePaths, prepare_dirs, save_stage
 from align.stages.setup import StageSetup, build_setup
@@ -28,6 +29,7 @@ def run_sft(setup: StageSetup | None = None, **kwargs) -> dict:
     paths = StagePaths(s.output_dir, "sft")
     prepare_dirs(paths, s.is_main)
     args = training_args(s.recipe, "sft", s.runtime, paths.work)
+    register_moe_leaves(s.model)  # after the args: they switch ZeRO-3 on
     trainer = SFTTrainer(
         model=s.model,
         args=args,
