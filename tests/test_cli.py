@@ -13,7 +13,8 @@ from align.cli import main
 
 def test_readme_commands_are_real_subcommands(repo_root):
     readme = (repo_root / "README.md").read_text()
-    documented = set(re.findall(r"^align ([a-z-]+)", readme, flags=re.MULTILINE))
+    code_blocks = "\n".join(re.findall(r"```bash\n(.*?)```", readme, flags=re.DOTALL))
+    documented = set(re.findall(r"^align ([a-z-]+)", code_blocks, flags=re.MULTILINE))
     assert {"run", "sft", "dpo", "check", "tiny-model"} <= documented
     for name in documented:
         with pytest.raises(SystemExit) as info:
