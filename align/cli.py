@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("--stage", choices=["sft", "dpo"], default="sft")
     prof.add_argument("--max-tokens", type=int, default=50000)
     prof.add_argument("--out", help="output directory (default OUTPUT_DIR/routing)")
+    plan = sub.add_parser("plan", help="per-GPU memory plan of a recipe: FITS / DOES NOT FIT, and what to change")
+    plan.add_argument("recipe")
+    plan.add_argument("overrides", nargs="*")
+    plan.add_argument("--accelerate-config", help="accelerate YAML (DDP / DeepSpeed ZeRO-3) the run will use")
+    plan.add_argument("--gpus", type=int, help="number of GPUs (default: from the accelerate config, else 1)")
+    plan.add_argument("--gpu-mem", help="memory per GPU, e.g. 80GiB (default 80GiB)")
     tiny = sub.add_parser("tiny-model", help="write the embedded tiny Mixtral (real Mixtral tokenizer)")
     tiny.add_argument("out_dir")
     tiny.add_argument("--seed", type=int, default=0)
@@ -61,6 +67,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     if args.command == "check":
         print(recipe_to_yaml(recipe), end="")
+        return 0
+    if args.command == "plan":
+        from align.plan import plan_command
+
+        print(plan_command(recipe, args.accelerate_config, args.gpus, args.gpu_mem))
         return 0
     if args.command == "profile-experts":
         from align.moe.cli import profile_experts

@@ -110,4 +110,15 @@ def load_model(section: ModelSection, quant: QuantizationSection, runtime: Runti
     except OSError as err:
         raise ModelError(f"cannot load the weights of {section.name_or_path} (safetensors only): {err}") from None
     model.config.use_cache = False  # training; packed batches stay separate only without the cache
+    if bnb is not None and kind == "moe":  # stock load_in_4bit leaves the fused experts in 16 bit
+        from align.moe.quant import quantize_experts
+
+        count = quantize_experts(
+            model,
+            quant.bnb_4bit_quant_type,
+            quant.bnb_4bit_use_double_quant,
+            bnb.bnb_4bit_compute_dtype,
+            bnb.bnb_4bit_quant_storage,
+        )
+        log.info("4-bit experts: %d MoE layers quantized (%s)", count, quant.bnb_4bit_quant_type)
     return model

@@ -18,7 +18,7 @@ from align.stages.setup import ensure_backbone
 def profile_experts(recipe: Recipe, stage: Stage, max_tokens: int, out: str | None) -> str:
     """Write routing.json + routing.png for `stage`'s training data; return a text summary."""
     runtime = resolve_runtime(recipe.model.dtype)
-    ensure_backbone(recipe, PartialState(cpu=runtime.on_cpu))
+    ensure_backbone(recipe, PartialState(cpu=runtime.cpu_process_group))
     tokenizer = load_tokenizer(recipe.model)
     data = load_stage(
         recipe.stage_data(stage),

@@ -15,6 +15,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers.models.mixtral.modeling_mixtral import MixtralExperts
 
+from align.moe.quant import QuantizedExperts, expert_weights
 from align.moe.routed_math import ExpertFactors, routed_experts
 
 PLAN_ATTR = "_align_expert_plan"  # on a MixtralExperts module: {expert index: rank}
@@ -58,7 +59,7 @@ class RoutedLoraExperts(nn.Module, LoraLayer):
             plan = dict.fromkeys(range(base.num_experts), r)
         dropout = float(config.lora_dropout) if config is not None else 0.0
         hidden, inter = base.hidden_dim, base.intermediate_dim
-        ref = base.gate_up_proj
+        device = next(iter(base.state_dict().values())).device  # 16-bit params or 4-bit buffers
         shapes = {
             "lora_gate_up_A": lambda k: (k, hidden),
             "lora_gate_up_B": lambda k: (2 * inter, k),
@@ -68,7 +69,7 @@ class RoutedLoraExperts(nn.Module, LoraLayer):
         for name, shape in shapes.items():
             params = nn.ParameterDict()
             for expert, rank in sorted(plan.items()):
-                weight = torch.zeros(shape(rank), dtype=torch.float32, device=ref.device)
+                weight = torch.zeros(shape(rank), dtype=torch.float32, device=device)
                 if name.endswith("_A"):
                     nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
                 params[str(expert)] = nn.Parameter(weight)
@@ -111,16 +112,34 @@ class RoutedLoraExperts(nn.Module, LoraLayer):
             return [f for f in found if f is not None]
 
         dropout = self.lora_dropout[active[0]]
-        return routed_experts(
+        out = routed_experts(
             hidden_states,
             top_k_index,
             top_k_weights,
-            base.gate_up_proj,
-            base.down_proj,
+            expert_weights(base),
+            base.num_experts,
             base.act_fn,
             factors_of,
             dropout=None if isinstance(dropout, nn.Identity) else dropout,
         )
+        if torch.is_grad_enabled():
+            out = out + self._unrouted_zero(active, top_k_index).to(out.dtype)
+        return out
+
+    def _unrouted_zero(self, active: list[str], top_k_index: torch.Tensor) -> torch.Tensor:
+        """0 x the factors of adapted experts that got no token, so they still get a (zero) gradient.
+
+        Without it DDP waits forever for their gradients (find_unused_parameters=False), and ranks that
+        routed differently would disagree on which parameters have gradients.
+        """
+        hit = set(torch.unique(top_k_index).tolist())
+        zero = torch.zeros((), dtype=torch.float32, device=top_k_index.device)
+        for adapter in active:
+            for name in FACTOR_NAMES:
+                for key, param in getattr(self, name)[adapter].items():
+                    if int(key) not in hit and param.requires_grad:
+                        zero = zero + param.sum() * 0.0
+        return zero
 
     def delta(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense deltas (gate_up [E, 2I, H], down [E, H, I]) of one adapter: for merging and export only."""
@@ -136,6 +155,8 @@ class RoutedLoraExperts(nn.Module, LoraLayer):
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Add the adapters' deltas to the base expert weights (for export; training never merges)."""
         base = self.experts
+        if isinstance(base, QuantizedExperts):
+            raise ValueError("cannot merge into 4-bit experts: load the base model in 16 bit to merge")
         for adapter in adapter_names or self.active_adapters:
             if adapter in self.merged_adapters or adapter not in self.lora_gate_up_A:
                 continue

@@ -31,22 +31,28 @@ def lora_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float) 
     return F.linear(F.linear(x, A), B) * scale
 
 
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+
 def expert_mlp(
     x: torch.Tensor,
-    gate_up: torch.Tensor,
-    down: torch.Tensor,
+    gate_up: torch.Tensor | Linear,
+    down: torch.Tensor | Linear,
     act: Callable[[torch.Tensor], torch.Tensor],
     factors: Sequence[ExpertFactors] = (),
     dropout: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Mixtral expert SwiGLU on tokens `x` [n, H], with each adapter's low-rank updates added."""
-    h = F.linear(x, gate_up)
+    """Mixtral expert SwiGLU on tokens `x` [n, H], with each adapter's low-rank updates added.
+
+    `gate_up` / `down` are the expert's weights, or callables applying them (4-bit experts).
+    """
+    h = gate_up(x) if callable(gate_up) else F.linear(x, gate_up)
     x_in = dropout(x) if dropout is not None and factors else x
     for f in factors:
         h = h + lora_delta(x_in, f.gate_up_A, f.gate_up_B, f.scale)
     gate, up = h.chunk(2, dim=-1)
     mid = act(gate) * up
-    out = F.linear(mid, down)
+    out = down(mid) if callable(down) else F.linear(mid, down)
     mid_in = dropout(mid) if dropout is not None and factors else mid
     for f in factors:
         out = out + lora_delta(mid_in, f.down_A, f.down_B, f.scale)
@@ -72,16 +78,20 @@ def routed_experts(
     hidden: torch.Tensor,
     top_k_index: torch.Tensor,
     top_k_weights: torch.Tensor,
-    gate_up: torch.Tensor,
-    down: torch.Tensor,
+    weights_of: Callable[[int], tuple[torch.Tensor | Linear, torch.Tensor | Linear]],
+    num_experts: int,
     act: Callable[[torch.Tensor], torch.Tensor],
-    factors_of: Callable[[int], Sequence[ExpertFactors]],
+    factors_of: Callable[[int], Sequence[ExpertFactors]] = lambda _e: (),
     dropout: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The fused-experts forward [T, H] -> [T, H] with routed LoRA; `factors_of(e)` gives e's adapters."""
+    """The fused-experts forward [T, H] -> [T, H] with routed LoRA.
+
+    `weights_of(e)` gives expert e's (gate_up, down) weights or linear maps; `factors_of(e)` its adapters.
+    """
     out = torch.zeros_like(hidden)
-    for expert, tokens, slot in group_by_expert(top_k_index, gate_up.shape[0]):
-        y = expert_mlp(hidden[tokens], gate_up[expert], down[expert], act, factors_of(expert), dropout)
+    for expert, tokens, slot in group_by_expert(top_k_index, num_experts):
+        gate_up, down = weights_of(expert)
+        y = expert_mlp(hidden[tokens], gate_up, down, act, factors_of(expert), dropout)
         y = y * top_k_weights[tokens, slot, None]
         out.index_add_(0, tokens, y.to(out.dtype))
     return out

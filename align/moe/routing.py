@@ -9,6 +9,7 @@ from align.config.schema import LoraSection
 from align.moe.placement import Plan, assign_ranks, plan_size, select_experts
 from align.moe.plot import routing_heatmap
 from align.moe.profile import RoutingProfile, batches_from_conversations, conversations_from_rows, profile_model
+from align.moe.zero3 import gathered_layers
 
 log = logging.getLogger("align")
 
@@ -17,7 +18,8 @@ def profile_rows(model, tokenizer, rows, max_tokens: int, max_length: int = 1024
     """Routing profile of `rows` (SFT or preference rows) through `model`'s routers, no grad."""
     conversations = conversations_from_rows(rows)
     batches = batches_from_conversations(tokenizer, conversations, batch_size=batch_size, max_length=max_length)
-    return profile_model(model, batches, max_tokens=max_tokens)
+    with gathered_layers(model):  # ZeRO-3 before the engine: gather block by block
+        return profile_model(model, batches, max_tokens=max_tokens)
 
 
 def write_profile(profile: RoutingProfile, out_dir: Path, title: str) -> tuple[Path, Path]:

@@ -58,8 +58,10 @@ def load_adapter(model, adapter_dir: str | Path):
 
 def trainable_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    # under ZeRO-3 a parameter's local tensor is an empty shard; DeepSpeed keeps the real size in ds_numel
+    sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in model.parameters()]
+    trainable = sum(n for n, grad in sizes if grad)
+    total = sum(n for n, _ in sizes)
     return trainable, total
 
 

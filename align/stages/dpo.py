@@ -9,9 +9,8 @@ from trl import DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from align.evaluate import evaluate_preferences
-from align.moe.zero3 import register_moe_leaves
-from align.stages.args import training_args
-from align.stages.common import StagePaths, prepare_dirs, save_stage
+from align.moe.zero3 import gathered_layers
+from align.stages.common import save_stage
 from align.stages.setup import StageSetup, build_setup
 
 log = logging.getLogger("align")
@@ -54,10 +53,7 @@ def _evaluate(trainer, setup: StageSetup, rows: list[dict], reference) -> dict[s
 def run_dpo(setup: StageSetup | None = None, **kwargs) -> dict:
     """Run the DPO stage of a recipe; returns the stage's eval summary (held-out reward accuracy etc.)."""
     s = setup or build_setup(stage="dpo", **kwargs)
-    paths = StagePaths(s.output_dir, "dpo")
-    prepare_dirs(paths, s.is_main)
-    args = training_args(s.recipe, "dpo", s.runtime, paths.work)
-    register_moe_leaves(s.model)  # after the args: they switch ZeRO-3 on
+    paths, args = s.paths, s.args
     trainer = DPOTrainer(
         model=s.model,
         ref_model=None,
@@ -72,7 +68,8 @@ def run_dpo(setup: StageSetup | None = None, **kwargs) -> dict:
     rows = _held_out(s)
     # Before training the policy IS the reference: accuracy 0.5 by construction; logp_accuracy says
     # whether the starting (SFT) policy already prefers the chosen answers.
-    before = _evaluate(trainer, s, rows, reference=None)
+    with gathered_layers(trainer.model):  # ZeRO-3: the engine does not exist before train()
+        before = _evaluate(trainer, s, rows, reference=None)
     result = trainer.train()
     after = _evaluate(trainer, s, rows, reference=reference_context(trainer.model))
     evaluation = {

@@ -17,8 +17,10 @@ from align.model import MOE_MODEL_TYPES, load_model, load_tokenizer
 from align.moe.adapters import wrap
 from align.moe.metrics import RoutingMetrics, probe_batch
 from align.moe.routing import expert_plan
+from align.moe.zero3 import register_moe_leaves
 from align.runtime import Runtime, resolve_runtime
-from align.stages.common import load_adapter, stage_complete, trainable_parameters
+from align.stages.args import training_args
+from align.stages.common import StagePaths, load_adapter, prepare_dirs, stage_complete, trainable_parameters
 from align.stages.metrics import MetricsLogger
 from align.tiny import build_tiny_mixtral
 
@@ -39,6 +41,8 @@ class StageSetup:
     data: StageDatasets
     output_dir: Path
     is_main: bool
+    args: object  # the stage's SFTConfig / DPOConfig
+    paths: StagePaths
 
     def callbacks(self, metrics_path: Path) -> list:
         """Routing metrics (MoE models; they must run before the logger sees the logs), then metrics.jsonl."""
@@ -80,9 +84,14 @@ def ensure_backbone(recipe: Recipe, state: PartialState) -> None:
 def build_setup(recipe: Recipe, stage: Stage) -> StageSetup:
     """Load tokenizer, data and model for `stage`; decide which adapter gets trained."""
     runtime = resolve_runtime(recipe.model.dtype)
-    state = PartialState(cpu=runtime.on_cpu)  # first init wins: without cpu=True, CPU ranks run unsynchronised
-    ensure_backbone(recipe, state)
     output_dir = Path(recipe.output_dir)
+    paths = StagePaths(output_dir, stage)
+    # The training arguments come first: they set up the distributed state (use_cpu -> gloo DDP on CPU;
+    # a DeepSpeed launch -> the engine's process group and ZeRO-3 init for from_pretrained).
+    args = training_args(recipe, stage, runtime, paths.work)
+    state = PartialState()
+    prepare_dirs(paths, state.is_main_process)
+    ensure_backbone(recipe, state)
     init = initial_adapter(recipe, stage, output_dir)
     # The tokenizer travels with the adapter, so DPO renders exactly what SFT trained on.
     tokenizer = load_tokenizer(
@@ -108,4 +117,7 @@ def build_setup(recipe: Recipe, stage: Stage) -> StageSetup:
         model = wrap(model, lora_config(recipe.lora, moe=moe), plan)
     else:
         peft = lora_config(recipe.lora, moe=moe)
-    return StageSetup(recipe, stage, runtime, tokenizer, model, peft, init, data, output_dir, state.is_main_process)
+    register_moe_leaves(model)
+    return StageSetup(
+        recipe, stage, runtime, tokenizer, model, peft, init, data, output_dir, state.is_main_process, args, paths
+    )

@@ -4,37 +4,66 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import nullcontext
 
+import torch
 from transformers import PrinterCallback
 from trl import SFTTrainer
 
-from align.moe.zero3 import register_moe_leaves
-from align.stages.args import training_args
-from align.stages.common import StagePaths, prepare_dirs, save_stage
+from align.moe.zero3 import gathered_layers
+from align.stages.common import save_stage
 from align.stages.setup import StageSetup, build_setup
 
 log = logging.getLogger("align")
 
 
+@torch.no_grad()
+def heldout_loss(trainer, before_training: bool) -> float:
+    """Token-weighted held-out loss on assistant tokens, over every rank's share of the eval set.
+
+    align's own loop rather than `trainer.evaluate()`: under DeepSpeed, evaluating before `train()`
+    builds an inference engine and the training engine is then never created (transformers 5.24).
+    """
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=trainer.accelerator.device)
+    try:
+        with gathered_layers(model) if before_training else nullcontext():  # ZeRO-3 engine exists only after
+            for batch in trainer.get_eval_dataloader():
+                inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+                count = (inputs["labels"][:, 1:] != -100).sum()
+                loss = model(**inputs, use_cache=False).loss
+                total += torch.stack([loss.double() * count, count.double()])
+    finally:
+        model.train(was_training)
+    total = trainer.accelerator.reduce(total, reduction="sum")
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
 def _loss_metrics(trainer, when: str) -> dict[str, float]:
     if trainer.eval_dataset is None:
         return {}
-    loss = trainer.evaluate()["eval_loss"]
+    loss = heldout_loss(trainer, before_training=when == "before")
     return {f"eval_loss_{when}": loss, f"perplexity_{when}": math.exp(min(loss, 50.0))}
+
+
+def _held_out(s: StageSetup):
+    limit = s.recipe.sft.eval_samples
+    if s.data.eval is None or limit is None:
+        return s.data.eval
+    return s.data.eval.select(range(min(limit, len(s.data.eval))))
 
 
 def run_sft(setup: StageSetup | None = None, **kwargs) -> dict:
     """Run the SFT stage of a recipe; returns the stage's eval summary."""
     s = setup or build_setup(stage="sft", **kwargs)
-    paths = StagePaths(s.output_dir, "sft")
-    prepare_dirs(paths, s.is_main)
-    args = training_args(s.recipe, "sft", s.runtime, paths.work)
-    register_moe_leaves(s.model)  # after the args: they switch ZeRO-3 on
+    paths, args = s.paths, s.args
     trainer = SFTTrainer(
         model=s.model,
         args=args,
         train_dataset=s.data.train,
-        eval_dataset=s.data.eval,
+        eval_dataset=_held_out(s),
         processing_class=s.tokenizer,
         peft_config=s.peft_config,
         callbacks=s.callbacks(paths.metrics),
