@@ -8,6 +8,7 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 
 from align.config import Recipe, Stage
@@ -24,8 +25,12 @@ def run_pipeline(recipe: Recipe, stages: list[Stage] | None = None) -> dict:
     summary: dict = {"output_dir": str(Path(recipe.output_dir).resolve()), "stages": {}}
     for stage in stages or recipe.stages:
         start = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         result = RUNNERS[stage](recipe=recipe)
         result["seconds"] = round(time.perf_counter() - start, 1)
+        if torch.cuda.is_available():  # what `align plan` predicts, measured
+            result["cuda_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         summary["stages"][stage] = result
         gc.collect()  # the stage's model and trainer go before the next one loads
     state = PartialState()
