@@ -116,7 +116,10 @@ def weight_rows(s: StageInput) -> list[Row]:
         else:
             per = FP32 if (part == "norms" and s.quant) else s.weight_bytes
             detail = _dtype_name(per)
-        rows.append(_placed(s.parallel, "weights", part, f"{fmt_count(n)}, {detail}", n * per, "param"))
+        kind = "buffer" if part == "experts" and s.quant else "param"
+        if kind == "buffer" and s.parallel.kind == "zero":
+            detail += ", buffers: replicated under ZeRO-3"
+        rows.append(_placed(s.parallel, "weights", part, f"{fmt_count(n)}, {detail}", n * per, kind))
     if s.parallel.kind == "zero" and s.parallel.zero_stage >= 3:
         rows.append(
             Row(
@@ -136,7 +139,8 @@ def _layer_weight_bytes(s: StageInput) -> float:
 
 def _placed(p: Parallel, section: str, name: str, detail: str, total: float, kind: str) -> Row:
     """A row's bytes after ZeRO sharding (kind: param, grad, optim) and CPU offload."""
-    shard_from = {"param": 3, "grad": 2, "optim": 1}[kind]
+    # "buffer": align's 4-bit experts are module buffers (align/moe/quant.py), which ZeRO-3 does not partition
+    shard_from = {"param": 3, "grad": 2, "optim": 1, "buffer": 99}[kind]
     sharded = p.kind == "zero" and p.zero_stage >= shard_from
     per_gpu = total / p.gpus if sharded else total
     offloaded = (kind == "optim" and p.offload_optimizer) or (kind == "param" and p.offload_param and sharded)
