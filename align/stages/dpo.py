@@ -26,15 +26,6 @@ def reference_context(model):
     return lambda: use_adapter(model, adapter_name=adapter)
 
 
-def _held_out(setup: StageSetup) -> list[dict]:
-    data = setup.data.eval
-    if data is None:
-        return []
-    limit = setup.recipe.dpo.eval_samples
-    rows = data if limit is None else data.select(range(min(limit, len(data))))
-    return rows.to_list()
-
-
 def _evaluate(trainer, setup: StageSetup, rows: list[dict], reference) -> dict[str, float]:
     if not rows:
         return {}
@@ -65,7 +56,8 @@ def run_dpo(setup: StageSetup | None = None, **kwargs) -> dict:
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; MetricsLogger reports instead
     s.log_trainable(trainer.model)
-    rows = _held_out(s)
+    held_out = s.held_out()
+    rows = [] if held_out is None else held_out.to_list()
     # Before training the policy IS the reference: accuracy 0.5 by construction; logp_accuracy says
     # whether the starting (SFT) policy already prefers the chosen answers.
     with gathered_layers(trainer.model):  # ZeRO-3: the engine does not exist before train()

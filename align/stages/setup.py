@@ -52,6 +52,13 @@ class StageSetup:
             out.append(RoutingMetrics(probe, self.model.config.num_experts_per_tok))
         return [*out, MetricsLogger(metrics_path, self.stage)]
 
+    def held_out(self):
+        """The stage's held-out rows, capped at the recipe's `eval_samples` (None: no held-out data)."""
+        limit = self.recipe.stage_section(self.stage).eval_samples
+        if self.data.eval is None or limit is None:
+            return self.data.eval
+        return self.data.eval.select(range(min(limit, len(self.data.eval))))
+
     def log_trainable(self, model) -> None:
         trainable, total = trainable_parameters(model)
         log.info(

@@ -48,13 +48,6 @@ def _loss_metrics(trainer, when: str) -> dict[str, float]:
     return {f"eval_loss_{when}": loss, f"perplexity_{when}": math.exp(min(loss, 50.0))}
 
 
-def _held_out(s: StageSetup):
-    limit = s.recipe.sft.eval_samples
-    if s.data.eval is None or limit is None:
-        return s.data.eval
-    return s.data.eval.select(range(min(limit, len(s.data.eval))))
-
-
 def run_sft(setup: StageSetup | None = None, **kwargs) -> dict:
     """Run the SFT stage of a recipe; returns the stage's eval summary."""
     s = setup or build_setup(stage="sft", **kwargs)
@@ -63,7 +56,7 @@ def run_sft(setup: StageSetup | None = None, **kwargs) -> dict:
         model=s.model,
         args=args,
         train_dataset=s.data.train,
-        eval_dataset=_held_out(s),
+        eval_dataset=s.held_out(),
         processing_class=s.tokenizer,
         peft_config=s.peft_config,
         callbacks=s.callbacks(paths.metrics),
