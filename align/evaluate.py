@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -131,10 +131,3 @@ def evaluate_preferences(
     finally:
         model.train(was_training)
     return preference_metrics(pc, pr, rc, rr, beta)
-
-
-@contextlib.contextmanager
-def no_adapter(model) -> Iterator[None]:
-    """The base model: every adapter of a PeftModel disabled."""
-    with model.disable_adapter():
-        yield

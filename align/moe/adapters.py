@@ -69,7 +69,8 @@ def export_stock(model: torch.nn.Module, adapter_dir: str | Path, adapter: str =
     num_experts = next(iter(layers.values())).experts.num_experts
     rank = max(max(layer.expert_ranks[adapter].values(), default=1) for layer in layers.values())
     alpha = config["lora_alpha"]
-    scales = {_saved_prefix(name): layer.scaling[adapter] for name, layer in layers.items()}
+    # PEFT writes keys prefixed by the module name in the PeftModel (it only drops the adapter name)
+    scales = {name: layer.scaling[adapter] for name, layer in layers.items()}
     state = routed_to_stock(load_file(weights), num_experts, rank, alpha / rank, scales)
     save_file(state, weights, metadata={"format": "pt"})
     config["target_modules"] = sorted(set(config["target_modules"]) - {"experts"})
@@ -83,11 +84,6 @@ def export_stock(model: torch.nn.Module, adapter_dir: str | Path, adapter: str =
         for name, layer in layers.items()
     }
     (adapter_dir / PLAN_FILE).write_text(json.dumps({"num_experts": num_experts, "layers": plan}, indent=2) + "\n")
-
-
-def _saved_prefix(module_name: str) -> str:
-    """Module name in the PeftModel == key prefix PEFT writes (it only drops the adapter name)."""
-    return module_name
 
 
 def _layer_of(name: str) -> int:

@@ -56,10 +56,3 @@ def _clean(value):
 
 def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl file."""
-    if not Path(path).exists():
-        return []
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
