@@ -146,3 +146,10 @@ def test_dpo_reference_is_a_frozen_copy_of_the_routed_sft_adapter(top_p_run, tin
     trainer.train()  # one step with gradient checkpointing through the routed layer
     for name in routed:
         assert not torch.equal(params[name.replace(".default.", ".ref.")], params[name])  # policy moved, ref did not
+
+
+def test_explicit_selection_out_of_range_is_a_user_error(tmp_path, tiny_dir, capsys):
+    code = main(["sft", "recipes/tiny-mixtral/sft.yaml", f"output_dir={tmp_path}", f"model.name_or_path={tiny_dir}",
+                 "lora.experts={0: [9]}", "sft.max_steps=1"])
+    assert code == 2
+    assert "lora.experts: explicit expert selection out of range" in capsys.readouterr().err

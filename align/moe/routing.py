@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from align.config.schema import LoraSection
+from align.errors import RecipeError
 from align.moe.placement import Plan, assign_ranks, plan_size, select_experts
 from align.moe.plot import routing_heatmap
 from align.moe.profile import RoutingProfile, batches_from_conversations, conversations_from_rows, profile_model
@@ -49,12 +50,15 @@ def expert_plan(section: LoraSection, model, tokenizer, rows, out_dir: Path, is_
     layers, experts = config.num_hidden_layers, config.num_local_experts
     profile = load_or_profile(section, model, tokenizer, rows, out_dir, is_main)
     if (len(profile.layers), profile.num_experts) != (layers, experts):
-        raise ValueError(
-            f"routing profile has {len(profile.layers)} layers x {profile.num_experts} experts, "
+        raise RecipeError(
+            f"lora.routing_profile has {len(profile.layers)} layers x {profile.num_experts} experts, "
             f"the model {layers} x {experts}"
         )
     shares = profile.token_share_matrix()
-    selected = select_experts(section.policy(), shares, layers, experts)
+    try:
+        selected = select_experts(section.policy(), shares, layers, experts)
+    except ValueError as err:
+        raise RecipeError(f"lora.experts: {err}") from None
     plan = assign_ranks(selected, shares, section.r, section.rank_by_load, section.min_rank, section.max_rank)
     adapted = sum(len(v) for v in plan.values())
     full = plan_size(
