@@ -88,6 +88,7 @@ def test_routed_lora_trains_on_4bit_experts_and_the_adapter_loads_on_16bit(tmp_p
 
 
 def test_quantized_recipe_runs_sft_then_dpo(tmp_path, tiny_dir):
+    """4-bit attention + experts, routed expert LoRA, gradient checkpointing in SFT: the real CPU QLoRA path."""
     import json
 
     from align.cli import main
@@ -99,6 +100,7 @@ def test_quantized_recipe_runs_sft_then_dpo(tmp_path, tiny_dir):
             f"output_dir={tmp_path}",
             f"model.name_or_path={tiny_dir}",
             "quantization.load_in_4bit=true",
+            "sft.gradient_checkpointing=true",
             "sft.max_steps=4",
             "dpo.max_steps=4",
             "sft.eval_samples=8",
