@@ -195,24 +195,6 @@ def _loop_forward(experts, hidden_states, top_k_index, top_k_weights):
     )
 
 
-def copy_peft_into_routed(peft_model, routed_model, num_experts: int) -> None:
-    """Give the routed model exactly the PEFT model's expert A/B (as tests/test_routed_lora.py does)."""
-    from align.moe.peft_format import unpack
-
-    stock = {n: p for n, p in peft_model.named_parameters() if "lora_" in n}
-    routed = dict(routed_model.named_parameters())
-    layers = sorted({int(n.split(".layers.")[1].split(".")[0]) for n in stock})
-    with torch.no_grad():
-        for layer in layers:
-            prefix = f"base_model.model.model.layers.{layer}.mlp.experts"
-            for proj, inner in (("gate_up", ".base_layer"), ("down", "")):
-                a = stock[f"{prefix}{inner}.lora_A.default.weight"]
-                b = stock[f"{prefix}{inner}.lora_B.default.weight"]
-                for expert, (fa, fb) in unpack(a, b, num_experts).items():
-                    routed[f"{prefix}.lora_{proj}_A.default.{expert}"].copy_(fa)
-                    routed[f"{prefix}.lora_{proj}_B.default.{expert}"].copy_(fb)
-
-
 def trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -490,7 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         "routed": make_variant("routed", args),
         "selected": make_variant("selected", args, plan, selected_model),
     }
-    copy_peft_into_routed(models["peft"], models["routed"], args.experts)
+    from align.moe.adapters import copy_stock_experts
+
+    copy_stock_experts(models["peft"], models["routed"], args.experts)  # identical A/B: the (a) == (b) check
     warm: dict[str, dict] = {}
     for variant, model in models.items():  # warm-up, and the (a) == (b) check on its outputs
         seconds, out = step(model, ids)

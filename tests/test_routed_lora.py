@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import MixtralConfig, MixtralForCausalLM
 
-from align.moe.adapters import export_stock, is_routed_adapter, load_routed, routed_layers, wrap
+from align.moe.adapters import copy_stock_experts, export_stock, is_routed_adapter, load_routed, routed_layers, wrap
 from align.moe.peft_format import pack, unpack
 from align.moe.routed_math import group_by_expert
 
@@ -55,14 +55,7 @@ def copy_stock_into_routed(stock: PeftModel, routed: PeftModel) -> None:
         for name, p in stock_state.items():
             if ".mlp.experts." not in name:
                 routed_params[name].copy_(p)
-        for layer in range(2):
-            prefix = f"base_model.model.model.layers.{layer}.mlp.experts"
-            for proj, inner in (("gate_up", ".base_layer"), ("down", "")):
-                a = stock_state[f"{prefix}{inner}.lora_A.default.weight"]
-                b = stock_state[f"{prefix}{inner}.lora_B.default.weight"]
-                for expert, (fa, fb) in unpack(a, b, E).items():
-                    routed_params[f"{prefix}.lora_{proj}_A.default.{expert}"].copy_(fa)
-                    routed_params[f"{prefix}.lora_{proj}_B.default.{expert}"].copy_(fb)
+    copy_stock_experts(stock, routed, E)
 
 
 def test_pack_unpack_round_trip_with_mixed_ranks_and_unselected_experts():

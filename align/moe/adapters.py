@@ -58,6 +58,23 @@ def routed_layers(model: torch.nn.Module) -> dict[str, RoutedLoraExperts]:
     return {name: m for name, m in model.named_modules() if isinstance(m, RoutedLoraExperts)}
 
 
+def stock_rank(layers: dict[str, RoutedLoraExperts], adapter: str) -> int:
+    """The single rank of the stock export: the largest expert rank of any layer (others are zero-padded)."""
+    return max(max(layer.expert_ranks[adapter].values(), default=1) for layer in layers.values())
+
+
+def copy_stock_experts(stock: torch.nn.Module, routed: torch.nn.Module, num_experts: int, adapter: str = "default"):
+    """Copy a live PEFT `target_parameters` model's expert A/B into a routed model of the same rank and alpha."""
+    stock_params = {n: p for n, p in stock.named_parameters() if ".mlp.experts." in n and "lora_" in n}
+    routed_params = dict(routed.named_parameters())
+    state = {n.replace(f".{adapter}.", "."): p.detach() for n, p in stock_params.items()}
+    converted, _ = stock_to_routed(state, num_experts)
+    with torch.no_grad():
+        for key, value in converted.items():
+            prefix, factor, expert = key.rsplit(".", 2)
+            routed_params[f"{prefix}.{factor}.{adapter}.{expert}"].copy_(value)
+
+
 def export_stock(model: torch.nn.Module, adapter_dir: str | Path, adapter: str = "default") -> None:
     """Rewrite a saved routed adapter dir as a stock PEFT `target_parameters` adapter (+ the plan file)."""
     layers = routed_layers(model)
@@ -67,7 +84,7 @@ def export_stock(model: torch.nn.Module, adapter_dir: str | Path, adapter: str =
     weights = adapter_dir / "adapter_model.safetensors"
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     num_experts = next(iter(layers.values())).experts.num_experts
-    rank = max(max(layer.expert_ranks[adapter].values(), default=1) for layer in layers.values())
+    rank = stock_rank(layers, adapter)
     alpha = config["lora_alpha"]
     # PEFT writes keys prefixed by the module name in the PeftModel (it only drops the adapter name)
     scales = {name: layer.scaling[adapter] for name, layer in layers.items()}
@@ -117,7 +134,7 @@ def load_routed(model: torch.nn.Module, adapter_dir: str | Path, is_trainable: b
 def _fold_scales_back(model: PeftModel, state: dict[str, torch.Tensor], config: LoraConfig) -> dict[str, torch.Tensor]:
     """Undo the export's B scaling (stock scale alpha/rank_max -> each expert's own alpha/r_e)."""
     layers = routed_layers(model)
-    rank = max(max(layer.expert_ranks["default"].values(), default=1) for layer in layers.values())
+    rank = stock_rank(layers, "default")
     stock_scale = config.lora_alpha / rank
     out = dict(state)
     for name, layer in layers.items():
