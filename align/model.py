@@ -84,6 +84,23 @@ def quantization_config(quant: QuantizationSection, runtime: Runtime):
     )
 
 
+def keep_trainable_4bit_layout(model: PreTrainedModel) -> int:
+    """Stop bitsandbytes' CPU inference repacking of 4-bit Linear layers; returns how many were changed.
+
+    Workaround for bitsandbytes 0.50.2 on CPUs with AVX512-BF16: the first eval-mode forward of a
+    Linear4bit (align's held-out eval runs before training) repacks its weight for a CPU gemv kernel
+    that has no autograd, and the repacking is kept. Training afterwards backpropagates through that
+    kernel and silently drops the gradient to the layer's input (torch warns "an autograd kernel was
+    not registered"). Remove when bitsandbytes converts back in train mode.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
 def load_model(section: ModelSection, quant: QuantizationSection, runtime: Runtime) -> PreTrainedModel:
     """Load the backbone (safetensors only) in the runtime's dtype, router logits on for the aux loss."""
     config = _model_config(section)
@@ -110,6 +127,8 @@ def load_model(section: ModelSection, quant: QuantizationSection, runtime: Runti
     except OSError as err:
         raise ModelError(f"cannot load the weights of {section.name_or_path} (safetensors only): {err}") from None
     model.config.use_cache = False  # training; packed batches stay separate only without the cache
+    if bnb is not None:
+        keep_trainable_4bit_layout(model)
     if bnb is not None and kind == "moe":  # stock load_in_4bit leaves the fused experts in 16 bit
         from align.moe.quant import quantize_experts
 

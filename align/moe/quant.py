@@ -6,6 +6,12 @@ Mixtral's weights) in 16 bit (bitsandbytes issue 1849, open in 0.50). Here each 
 forward and backward go through `bnb.matmul_4bit`, which dequantizes again in backward instead of
 keeping a 16-bit copy. `QuantizedExperts` subclasses `MixtralExperts` so PEFT's custom-layer dispatch
 and align's routed expert LoRA wrap it like the 16-bit module.
+
+The packed bytes are frozen `nn.Parameter`s viewed as `quant_storage` (bitsandbytes' own trick for
+Params4bit): DeepSpeed ZeRO-3 partitions parameters, not buffers, so with storage = the model dtype each
+rank keeps 1/N of the 4-bit experts and the MoE leaf gathers them per layer. Storage must equal the dtype
+the engine casts the model to (bf16 on GPU): a cast between float storages would scramble the packed bytes.
+The small quantization states (absmax, nested absmax, code) stay replicated on every rank.
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ class QuantizedExperts(MixtralExperts):
         quant_type: str = "nf4",
         double_quant: bool = True,
         compute_dtype: torch.dtype = torch.float32,
-        quant_storage: torch.dtype = torch.uint8,
+        quant_storage: torch.dtype | None = None,
     ):
         nn.Module.__init__(self)
         import bitsandbytes.functional as bnbf
+
+        quant_storage = quant_storage or experts.gate_up_proj.dtype  # see the module docstring
 
         self.num_experts, self.hidden_dim = experts.num_experts, experts.hidden_dim
         self.intermediate_dim, self.act_fn = experts.intermediate_dim, experts.act_fn
@@ -46,7 +54,7 @@ class QuantizedExperts(MixtralExperts):
                     compress_statistics=double_quant,
                     quant_storage=quant_storage,
                 )
-                self.register_buffer(f"{name}_{e}", packed)
+                self.register_parameter(f"{name}_{e}", nn.Parameter(packed, requires_grad=False))
                 self.states[name].append(state)
 
     @property
@@ -97,7 +105,7 @@ def quantize_experts(
     quant_type: str = "nf4",
     double_quant: bool = True,
     compute_dtype: torch.dtype = torch.float32,
-    quant_storage: torch.dtype = torch.uint8,
+    quant_storage: torch.dtype | None = None,
 ) -> int:
     """Replace every MixtralExperts in `model` by QuantizedExperts (frees the 16-bit weights); returns the count."""
     targets = [

@@ -59,7 +59,7 @@ class RoutedLoraExperts(nn.Module, LoraLayer):
             plan = dict.fromkeys(range(base.num_experts), r)
         dropout = float(config.lora_dropout) if config is not None else 0.0
         hidden, inter = base.hidden_dim, base.intermediate_dim
-        device = next(iter(base.state_dict().values())).device  # 16-bit params or 4-bit buffers
+        device = next(iter(base.state_dict().values())).device  # 16-bit or packed 4-bit params
         shapes = {
             "lora_gate_up_A": lambda k: (k, hidden),
             "lora_gate_up_B": lambda k: (2 * inter, k),
