@@ -63,6 +63,24 @@ def test_logits_stay_close_and_experts_shrink(hidden, inter):
     assert experts and all(not p.requires_grad and p.dtype == torch.float32 for p in experts.values())
 
 
+def test_dtype_casts_leave_the_packed_experts_intact():
+    """`model.bfloat16()` (DeepSpeed's bf16 engine does it) must not cast 4-bit codes stored as floats."""
+    model = mixtral()
+    quantize_experts(model)
+    experts = model.model.layers[0].mlp.experts
+    x = torch.randn(6, experts.hidden_dim)
+    idx, weights = torch.tensor([[0, 1]] * 6), torch.full((6, 2), 0.5)
+    with torch.no_grad():
+        want = experts(x, idx, weights)
+        packed = experts.gate_up_0.detach().clone()
+        model.bfloat16()
+        assert experts.gate_up_0.dtype == torch.float32  # bytes compared as bytes (some are NaN floats)
+        assert torch.equal(experts.gate_up_0.view(torch.uint8), packed.view(torch.uint8))
+        got = experts(x.bfloat16(), idx, weights.bfloat16())
+    assert got.dtype == torch.bfloat16
+    assert ((got.float() - want).norm() / want.norm()).item() < 0.02  # bf16 activations only
+
+
 def test_routed_lora_trains_on_4bit_experts_and_the_adapter_loads_on_16bit(tmp_path):
     model = mixtral()
     quantize_experts(model)

@@ -57,6 +57,18 @@ class QuantizedExperts(MixtralExperts):
                 self.register_parameter(f"{name}_{e}", nn.Parameter(packed, requires_grad=False))
                 self.states[name].append(state)
 
+    def _apply(self, fn, recurse=True):
+        """Move the packed bytes with the module but never cast them: `.to(bf16)`/`.half()` (DeepSpeed's bf16
+        engine calls `module.bfloat16()`) would reinterpret 4-bit codes stored as floats as numbers."""
+        storage = {name: p.dtype for name, p in self._parameters.items()}
+        for p in self._parameters.values():
+            p.data = p.data.view(torch.uint8)  # integer tensors are moved, not cast
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            for name, p in self._parameters.items():
+                p.data = p.data.view(storage[name])
+
     @property
     def weight(self) -> torch.Tensor:
         """A packed tensor: PEFT 0.21 `_replace_module` reads `child.weight.device` to place new adapters."""
