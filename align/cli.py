@@ -22,6 +22,12 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text)
         sp.add_argument("recipe", help="YAML recipe file")
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.05 output_dir=runs/x")
+        if name != "check":
+            sp.add_argument(
+                "--resume",
+                action="store_true",
+                help="skip verified finished stages; continue the current one from its latest checkpoint",
+            )
     prof = sub.add_parser("profile-experts", help="routing profile of a stage's training data (routing.json + PNG)")
     prof.add_argument("recipe")
     prof.add_argument("overrides", nargs="*")
@@ -43,9 +49,14 @@ def _parser() -> argparse.ArgumentParser:
 def _setup_logging() -> None:
     """align's own log lines on stderr, main process only (other ranks: warnings and errors)."""
     main_process = os.environ.get("RANK", "0") == "0"
-    handler = logging.StreamHandler()
+    from align.security import SecretFilter
+
+    handler = logging.StreamHandler()  # the current sys.stderr: main() may run more than once in a process
     handler.setFormatter(logging.Formatter("[align] %(message)s"))
+    handler.addFilter(SecretFilter())  # no token value ever reaches a log line
     logger = logging.getLogger("align")
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if main_process else logging.WARNING)
     logger.propagate = False
@@ -65,6 +76,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     from align.config import load_recipe, recipe_to_yaml
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if getattr(args, "resume", False):
+        recipe.resume = True
     if args.command == "check":
         print(recipe_to_yaml(recipe), end="")
         return 0
@@ -92,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
     from align.errors import AlignError
+    from align.security import scrub
 
     try:
         return _dispatch(args)
     except AlignError as err:
         if args.debug:
-            traceback.print_exc()
-        print(f"align: error: {err}", file=sys.stderr)
+            print(scrub(traceback.format_exc()), file=sys.stderr, end="")
+        print(f"align: error: {scrub(str(err))}", file=sys.stderr)
         return 2

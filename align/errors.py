@@ -15,3 +15,11 @@ class DataError(AlignError):
 
 class ModelError(AlignError):
     """The model or tokenizer cannot be used (missing, wrong architecture, no template)."""
+
+
+class OutputError(AlignError):
+    """Outputs or checkpoints cannot be written or do not verify (disk full, read-only, corrupt)."""
+
+
+class TrainingError(AlignError):
+    """Training hit a fault the recipe can address (NaN/Inf loss or gradients); the last good checkpoint is kept."""

@@ -13,6 +13,7 @@ from accelerate import PartialState
 
 from align.config import Recipe, Stage
 from align.stages.dpo import run_dpo
+from align.stages.resume import disk_errors, stage_done
 from align.stages.sft import run_sft
 
 log = logging.getLogger("align")
@@ -24,10 +25,16 @@ def run_pipeline(recipe: Recipe, stages: list[Stage] | None = None) -> dict:
     """Run `stages` (default: the recipe's) and write OUTPUT_DIR/summary.json on the main process."""
     summary: dict = {"output_dir": str(Path(recipe.output_dir).resolve()), "stages": {}}
     for stage in stages or recipe.stages:
+        done = stage_done(recipe, stage)
+        if done is not None:  # --resume: a verified output of the same recipe exists
+            log.info("%s: complete in %s (verified): skipped", stage, Path(recipe.output_dir) / stage)
+            summary["stages"][stage] = {**done, "skipped": "complete"}
+            continue
         start = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        result = RUNNERS[stage](recipe=recipe)
+        with disk_errors(stage, Path(recipe.output_dir) / "checkpoints" / stage):
+            result = RUNNERS[stage](recipe=recipe)
         result["seconds"] = round(time.perf_counter() - start, 1)
         if torch.cuda.is_available():  # what `align plan` predicts, measured
             result["cuda_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -48,7 +55,8 @@ def format_summary(summary: dict) -> str:
     if heatmap.exists():
         lines.append(f"  routing profile of the training data: {heatmap}")
     for stage, r in summary["stages"].items():
-        where = f"  {stage}: {summary['output_dir']}/{stage}/  ({r.get('steps')} steps, {r.get('seconds')} s)"
+        took = "already complete, skipped" if "skipped" in r else f"{r.get('seconds')} s"
+        where = f"  {stage}: {summary['output_dir']}/{stage}/  ({r.get('steps')} steps, {took})"
         lines.append(where)
         if "eval_loss_before" in r:
             lines.append(f"    held-out loss {r['eval_loss_before']:.3f} -> {r['eval_loss_after']:.3f}")

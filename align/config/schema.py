@@ -27,6 +27,10 @@ class ModelSection(StrictModel):
         None, description="Fused-experts backend (transformers 5); None keeps the library's default."
     )
     trust_remote_code: bool = Field(False, description="Run code shipped with the checkpoint. Off unless you trust it.")
+    allow_pickle_weights: bool = Field(
+        False,
+        description="Accept pickle (.bin) weights when a checkpoint has no safetensors; unpickling can run code.",
+    )
     allow_dense: bool = Field(False, description="Accept a non-MoE (dense) architecture.")
     router_aux_loss_coef: float | None = Field(
         None,
@@ -142,6 +146,13 @@ class StageSection(StrictModel):
     eval_samples: int | None = Field(
         256, gt=0, description="Held-out rows align evaluates before and after the stage (None: all)."
     )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A NaN/Inf loss or gradient: stop the stage (last good checkpoint kept) or skip that update.",
+    )
+    max_nonfinite_skips: int = Field(
+        10, ge=0, description="With on_nonfinite: skip, stop the stage after this many skipped updates."
+    )
     trainer: dict[str, Any] = Field(default_factory=dict, description="(filled by the loader) TRL fields.")
 
 
@@ -157,6 +168,11 @@ class Recipe(StrictModel):
     stages: list[Stage] = Field(default_factory=lambda: ["sft", "dpo"], description="Stages to run, in order.")
     output_dir: str = Field("runs/align", description="Where every stage writes OUTPUT_DIR/<stage>/.")
     seed: int = Field(42, description="Seed for data mixing, shuffling and training.")
+    resume: bool = Field(
+        False,
+        description="Skip stages whose verified output exists; continue the current one from its latest checkpoint "
+        "(same as `align run --resume`).",
+    )
 
     @field_validator("stages")
     @classmethod

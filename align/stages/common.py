@@ -13,6 +13,7 @@ from peft import PeftModel
 from align.config import Recipe, Stage, recipe_to_yaml
 from align.errors import ModelError
 from align.moe.adapters import export_stock, is_routed_adapter, load_routed
+from align.stages.verify import replace_dir, save_failures, verify_stage_dir
 
 log = logging.getLogger("align")
 
@@ -68,37 +69,32 @@ def trainable_parameters(model) -> tuple[int, int]:
 def save_stage(trainer, tokenizer, recipe: Recipe, paths: StagePaths, evaluation: dict) -> Path:
     """Save adapter + tokenizer + recipe + metrics + eval to a temp dir, verify, then rename into place.
 
-    Every rank calls this (ZeRO-3 gathers the adapter collectively); only the main process writes.
+    Every rank calls this (ZeRO-3 gathers the adapter collectively); only the main process writes. A failed
+    write leaves the previous output in place and raises OutputError (align/stages/verify.py).
     """
     accelerator = trainer.accelerator
-    trainer.save_model(str(paths.tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        export_stock(accelerator.unwrap_model(trainer.model), paths.tmp)
-        for name in NOT_OUTPUTS:
-            target = paths.tmp / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-        tokenizer.save_pretrained(paths.tmp)
-        (paths.tmp / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
-        (paths.tmp / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
-        if paths.metrics.exists():
-            shutil.copyfile(paths.metrics, paths.tmp / "metrics.jsonl")
-        if not stage_complete(paths.tmp):
-            raise RuntimeError(f"saving the {paths.stage} adapter to {paths.tmp} left no adapter files")
-        if paths.final.exists():
-            shutil.rmtree(paths.final)
-        paths.tmp.rename(paths.final)
+    with save_failures(paths.stage, paths.tmp, paths.final, paths.work):
+        trainer.save_model(str(paths.tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _write_outputs(trainer, tokenizer, recipe, paths, evaluation)
     accelerator.wait_for_everyone()
     return paths.final
 
 
-def prepare_dirs(paths: StagePaths, is_main: bool) -> None:
-    """Clear a stale temp dir and a previous run's metrics (the work dir keeps checkpoints)."""
-    if is_main:
-        shutil.rmtree(paths.tmp, ignore_errors=True)
-        paths.work.mkdir(parents=True, exist_ok=True)
-        if paths.metrics.exists():
-            paths.metrics.unlink()
+def _write_outputs(trainer, tokenizer, recipe: Recipe, paths: StagePaths, evaluation: dict) -> None:
+    """Main process: complete the temp dir, verify it loads, swap it in for the previous output."""
+    export_stock(trainer.accelerator.unwrap_model(trainer.model), paths.tmp)
+    for name in NOT_OUTPUTS:
+        target = paths.tmp / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    tokenizer.save_pretrained(paths.tmp)
+    (paths.tmp / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    (paths.tmp / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
+    if paths.metrics.exists():
+        shutil.copyfile(paths.metrics, paths.tmp / "metrics.jsonl")
+    verify_stage_dir(paths.tmp)
+    replace_dir(paths.tmp, paths.final)

@@ -62,13 +62,13 @@ def run_dpo(setup: StageSetup | None = None, **kwargs) -> dict:
     # whether the starting (SFT) policy already prefers the chosen answers.
     with gathered_layers(trainer.model):  # ZeRO-3: the engine does not exist before train()
         before = _evaluate(trainer, s, rows, reference=None)
-    result = trainer.train()
+    train_loss = s.train(trainer)
     after = _evaluate(trainer, s, rows, reference=reference_context(trainer.model))
     evaluation = {
         "stage": "dpo",
         "train_rows": len(s.data.train),
         "reference": "sft adapter (frozen)" if s.init_adapter else "base model (adapter disabled)",
-        "train_loss": result.training_loss,
+        "train_loss": train_loss,
         "steps": trainer.state.global_step,
         **{f"{k}_before": v for k, v in before.items()},
         **{f"{k}_after": v for k, v in after.items()},

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 from peft import LoraConfig
+from transformers import set_seed
 
 from align.chat import template_allows_system
 from align.config import Recipe, Stage
@@ -20,8 +21,10 @@ from align.moe.routing import expert_plan
 from align.moe.zero3 import register_moe_leaves
 from align.runtime import Runtime, resolve_runtime
 from align.stages.args import training_args
-from align.stages.common import StagePaths, load_adapter, prepare_dirs, stage_complete, trainable_parameters
+from align.stages.common import StagePaths, load_adapter, stage_complete, trainable_parameters
+from align.stages.guards import NonFiniteGuard
 from align.stages.metrics import MetricsLogger
+from align.stages.resume import prepare_stage, training_loss
 from align.tiny import build_tiny_mixtral
 
 log = logging.getLogger("align")
@@ -43,6 +46,7 @@ class StageSetup:
     is_main: bool
     args: object  # the stage's SFTConfig / DPOConfig
     paths: StagePaths
+    resume_from: Path | None = None  # the checkpoint Trainer.train continues (align run --resume)
 
     def callbacks(self, metrics_path: Path) -> list:
         """Routing metrics (MoE models; they must run before the logger sees the logs), then metrics.jsonl."""
@@ -50,7 +54,16 @@ class StageSetup:
         if self.model.config.model_type in MOE_MODEL_TYPES:
             probe = probe_batch(self.tokenizer, self.data.train)
             out.append(RoutingMetrics(probe, self.model.config.num_experts_per_tok))
-        return [*out, MetricsLogger(metrics_path, self.stage)]
+        section = self.recipe.stage_section(self.stage)
+        guard = NonFiniteGuard(self.stage, section.on_nonfinite, section.max_nonfinite_skips, self.paths.work)
+        return [*out, guard, MetricsLogger(metrics_path, self.stage)]
+
+    def train(self, trainer) -> float:
+        """`trainer.train()`, continuing `resume_from` when set; returns the mean training loss of all steps."""
+        result = trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
+        if self.resume_from is None:
+            return result.training_loss
+        return training_loss(trainer.state.log_history) or result.training_loss
 
     def held_out(self):
         """The stage's held-out rows, capped at the recipe's `eval_samples` (None: no held-out data)."""
@@ -97,7 +110,7 @@ def build_setup(recipe: Recipe, stage: Stage) -> StageSetup:
     # a DeepSpeed launch -> the engine's process group and ZeRO-3 init for from_pretrained).
     args = training_args(recipe, stage, runtime, paths.work)
     state = PartialState()
-    prepare_dirs(paths, state.is_main_process)
+    resume_from = prepare_stage(recipe, stage, paths.tmp, paths.work, state.is_main_process)
     ensure_backbone(recipe, state)
     init = initial_adapter(recipe, stage, output_dir)
     # The tokenizer travels with the adapter, so DPO renders exactly what SFT trained on.
@@ -116,6 +129,7 @@ def build_setup(recipe: Recipe, stage: Stage) -> StageSetup:
     model = load_model(recipe.model, recipe.quantization, runtime)
     moe = model.config.model_type in MOE_MODEL_TYPES
     peft = None
+    set_seed(recipe.seed)  # LoRA A init draws from torch's RNG, which each process seeds at random
     if init is not None:
         log.info("%s starts from the adapter in %s", stage, init)
         model = load_adapter(model, init)
@@ -126,5 +140,6 @@ def build_setup(recipe: Recipe, stage: Stage) -> StageSetup:
         peft = lora_config(recipe.lora, moe=moe)
     register_moe_leaves(model)
     return StageSetup(
-        recipe, stage, runtime, tokenizer, model, peft, init, data, output_dir, state.is_main_process, args, paths
+        recipe, stage, runtime, tokenizer, model, peft, init, data, output_dir, state.is_main_process, args, paths,
+        resume_from,
     )

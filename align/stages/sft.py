@@ -64,9 +64,9 @@ def run_sft(setup: StageSetup | None = None, **kwargs) -> dict:
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; MetricsLogger reports instead
     s.log_trainable(trainer.model)
     evaluation = {"stage": "sft", "train_rows": len(s.data.train), **_loss_metrics(trainer, "before")}
-    result = trainer.train()
+    train_loss = s.train(trainer)
     evaluation.update(_loss_metrics(trainer, "after"))
-    evaluation.update({"train_loss": result.training_loss, "steps": trainer.state.global_step})
+    evaluation.update({"train_loss": train_loss, "steps": trainer.state.global_step})
     save_stage(trainer, s.tokenizer, s.recipe, paths, evaluation)
     if "eval_loss_before" in evaluation:
         log.info("SFT held-out loss %.3f -> %.3f", evaluation["eval_loss_before"], evaluation["eval_loss_after"])
