@@ -11,6 +11,7 @@ from align.plan.units import GIB, fmt_count
 
 CUDA_ALLOWANCE = 1.5 * GIB  # CUDA context, cuBLAS workspace, caching-allocator fragmentation (assumed)
 ADAM_STATES = 2  # exp_avg, exp_avg_sq
+PACKED_4BIT = 0.5  # bytes per parameter of the packed 4-bit codes, without quantization constants
 
 
 @dataclass(frozen=True)
@@ -116,10 +117,17 @@ def weight_rows(s: StageInput) -> list[Row]:
         else:
             per = FP32 if (part == "norms" and s.quant) else s.weight_bytes
             detail = _dtype_name(per)
-        kind = "buffer" if part == "experts" and s.quant else "param"
-        if kind == "buffer" and s.parallel.kind == "zero":
-            detail += ", buffers: replicated under ZeRO-3"
-        rows.append(_placed(s.parallel, "weights", part, f"{fmt_count(n)}, {detail}", n * per, kind))
+        if part in quantized and s.parallel.kind == "zero":
+            # packed 4-bit bytes are (frozen) parameters: ZeRO-3 partitions them; the quantization constants
+            # (absmax, nested absmax, code) are plain tensors every rank keeps whole
+            packed = PACKED_4BIT
+            detail = f"4-bit packed ({packed:.3f} B/p)"
+            rows.append(_placed(s.parallel, "weights", part, f"{fmt_count(n)}, {detail}", n * packed, "param"))
+            constants = f"{part} 4-bit constants"
+            detail = f"absmax + code ({per - packed:.3f} B/p), replicated"
+            rows.append(_placed(s.parallel, "weights", constants, detail, n * (per - packed), "replicated"))
+            continue
+        rows.append(_placed(s.parallel, "weights", part, f"{fmt_count(n)}, {detail}", n * per, "param"))
     if s.parallel.kind == "zero" and s.parallel.zero_stage >= 3:
         rows.append(
             Row(
@@ -139,8 +147,8 @@ def _layer_weight_bytes(s: StageInput) -> float:
 
 def _placed(p: Parallel, section: str, name: str, detail: str, total: float, kind: str) -> Row:
     """A row's bytes after ZeRO sharding (kind: param, grad, optim) and CPU offload."""
-    # "buffer": align's 4-bit experts are module buffers (align/moe/quant.py), which ZeRO-3 does not partition
-    shard_from = {"param": 3, "grad": 2, "optim": 1, "buffer": 99}[kind]
+    # "replicated": tensors that are not parameters (4-bit quantization constants), which ZeRO never partitions
+    shard_from = {"param": 3, "grad": 2, "optim": 1, "replicated": 99}[kind]
     sharded = p.kind == "zero" and p.zero_stage >= shard_from
     per_gpu = total / p.gpus if sharded else total
     offloaded = (kind == "optim" and p.offload_optimizer) or (kind == "param" and p.offload_param and sharded)
