@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import PartialState
@@ -25,6 +25,7 @@ from align.stages.common import StagePaths, load_adapter, stage_complete, traina
 from align.stages.guards import NonFiniteGuard
 from align.stages.metrics import MetricsLogger
 from align.stages.resume import prepare_stage, training_loss
+from align.stages.shards import DataShards
 from align.tiny import build_tiny_mixtral
 
 log = logging.getLogger("align")
@@ -47,6 +48,7 @@ class StageSetup:
     args: object  # the stage's SFTConfig / DPOConfig
     paths: StagePaths
     resume_from: Path | None = None  # the checkpoint Trainer.train continues (align run --resume)
+    shards: DataShards = field(default_factory=DataShards)  # what each rank trained on (summary.json)
 
     def callbacks(self, metrics_path: Path) -> list:
         """Routing metrics (MoE models; they must run before the logger sees the logs), then metrics.jsonl."""
@@ -56,7 +58,7 @@ class StageSetup:
             out.append(RoutingMetrics(probe, self.model.config.num_experts_per_tok))
         section = self.recipe.stage_section(self.stage)
         guard = NonFiniteGuard(self.stage, section.on_nonfinite, section.max_nonfinite_skips, self.paths.work)
-        return [*out, guard, MetricsLogger(metrics_path, self.stage)]
+        return [*out, guard, self.shards, MetricsLogger(metrics_path, self.stage)]
 
     def train(self, trainer) -> float:
         """`trainer.train()`, continuing `resume_from` when set; returns the mean training loss of all steps."""
