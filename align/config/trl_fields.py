@@ -69,10 +69,21 @@ def check_trl_value(stage: str, key: str, value: Any) -> Any:
     try:
         checked = _adapter(annotation).validate_python(value)
     except ValidationError as err:
+        if value is False and _accepts_no(annotation):  # YAML 1.1 reads `save_strategy: no` as false
+            return check_trl_value(stage, key, "no")
         expected = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
         reason = err.errors()[0]["msg"]
         raise ValueError(f"expected {expected}, got {value!r} ({reason})") from None
     return _plain(checked)
+
+
+def _accepts_no(annotation: Any) -> bool:
+    """Whether a field takes the string 'no' (save/eval/logging strategies)."""
+    try:
+        _adapter(annotation).validate_python("no")
+    except ValidationError:
+        return False
+    return True
 
 
 def _plain(value: Any) -> Any:
