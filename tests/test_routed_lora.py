@@ -139,3 +139,20 @@ def test_unselected_experts_get_no_update_and_no_parameters():
     model = wrap(tiny_mixtral(), stock_config(), plan={0: {1: 4}, 1: {}})
     names = [n for n, p in model.named_parameters() if p.requires_grad and ".experts." in n]
     assert names and all(".layers.0." in n and n.endswith(".1") for n in names)
+
+
+def test_experts_no_token_reached_still_get_a_zero_gradient():
+    """DDP (find_unused_parameters=False) waits for every trainable parameter's gradient: an adapted expert
+    that got no token on this rank must still produce one, equal to zero."""
+    model = wrap(tiny_mixtral(), stock_config(), plan={0: dict.fromkeys(range(E), 4), 1: {}})
+    randomize_adapters(model)
+    experts = routed_layers(model)
+    layer = next(iter(experts.values()))
+    hidden = torch.randn(6, 32)
+    index = torch.tensor([[0, 1]] * 6)  # experts 2 and 3 get no token
+    out = layer(hidden, index, torch.full((6, 2), 0.5))
+    out.sum().backward()
+    for name in ("lora_gate_up_A", "lora_gate_up_B", "lora_down_A", "lora_down_B"):
+        for expert, param in getattr(layer, name)["default"].items():
+            assert param.grad is not None, (name, expert)
+            assert (param.grad.abs().sum() > 0) == (int(expert) in (0, 1)), (name, expert)
