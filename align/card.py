@@ -6,7 +6,9 @@ the recipe is the redacted one (align.config.redact), and nothing here reads cre
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -183,3 +185,20 @@ def write_card(out_dir: str | Path, info: CardInput, here: str | None = None) ->
     path = Path(out_dir) / "README.md"
     path.write_text(render_card(info, here or str(out_dir)), encoding="utf-8")
     return path
+
+
+def write_stage_card(out_dir: Path, recipe: Recipe, stage: str, evaluation: dict, model_type: str | None) -> Path:
+    """The card of a stage's adapter dir (called on its temp dir before the rename); copies the routing figure."""
+    root = Path(recipe.output_dir)
+    stages = {}
+    if stage == "dpo" and evaluation.get("reference", "").startswith("sft") and (root / "sft" / "eval.json").is_file():
+        stages["sft"] = json.loads((root / "sft" / "eval.json").read_text())  # DPO continued this adapter
+    stages[stage] = evaluation
+    routing = root / "routing" / ROUTING_PNG
+    if routing.is_file():
+        shutil.copyfile(routing, Path(out_dir) / ROUTING_PNG)
+    info = CardInput("adapter", recipe, stages, model_type=model_type, has_routing_png=routing.is_file())
+    here = str(root / stage)
+    if Path(recipe.model.name_or_path).is_dir():
+        info.base_dir = Path(recipe.model.name_or_path)
+    return write_card(out_dir, info, here=here)

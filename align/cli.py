@@ -43,7 +43,31 @@ def _parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="write the embedded tiny Mixtral (real Mixtral tokenizer)")
     tiny.add_argument("out_dir")
     tiny.add_argument("--seed", type=int, default=0)
+    _add_publish_commands(sub)
     return p
+
+
+def _add_publish_commands(sub) -> None:
+    """export / push / chat (align/export/, align/hub.py, align/chat_cli.py)."""
+    exp = sub.add_parser("export", help="a run's final adapter, or (--merge) base + adapter as a stock checkpoint")
+    exp.add_argument("run", help="a run's OUTPUT_DIR (its last finished stage) or a stage dir")
+    exp.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
+    exp.add_argument("--out", help="output directory (default RUN/final with --merge, else RUN/adapter)")
+    exp.add_argument("--stage", choices=["sft", "dpo"], help="export this stage instead of the last one")
+    exp.add_argument("--dtype", default="auto", help="auto (the base's), float32, bfloat16 or float16")
+    exp.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB")
+    exp.add_argument("--base", help="local dir of the base model (default: the recipe's model)")
+    exp.add_argument("--force", action="store_true", help="replace --out if it exists")
+    push = sub.add_parser("push", help="upload an adapter or merged dir to a Hugging Face hub in one commit")
+    push.add_argument("dir")
+    push.add_argument("--repo-id", required=True, help="e.g. my-org/mixtral-8x7b-mydpo-lora")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", default="main", help="branch to commit to (created if missing)")
+    chat = sub.add_parser("chat", help="talk to an adapter dir or a merged checkpoint (chat template, streamed)")
+    chat.add_argument("dir")
+    chat.add_argument("--prompt", help="answer this one message and exit (no interactive prompt)")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--base", help="base model for an adapter dir (default: its recipe's model)")
 
 
 def _setup_logging() -> None:
@@ -73,6 +97,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(f"wrote {build_tiny_mixtral(args.out_dir, seed=args.seed)}")
         return 0
+    if args.command in ("export", "push", "chat"):
+        return _publish(args)
     from align.config import load_recipe, recipe_to_yaml
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -97,6 +123,28 @@ def _dispatch(args: argparse.Namespace) -> int:
     summary = run_pipeline(recipe, stages)
     if os.environ.get("RANK", "0") == "0":
         print(format_summary(summary))
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    if args.command == "export":
+        from align.export import export_run
+
+        out = export_run(
+            args.run, args.out, args.merge, args.stage, args.dtype, args.max_shard_size, args.force, args.base
+        )
+        print(f"wrote {out}")
+    elif args.command == "push":
+        from align.hub import push_folder
+
+        result = push_folder(args.dir, args.repo_id, private=args.private, revision=args.revision)
+        done = f"commit {result.commit}" if result.commit else "nothing to upload"
+        counts = f"{len(result.uploaded)} files uploaded, {len(result.unchanged)} unchanged"
+        print(f"{result.url}@{args.revision}: {counts} ({done})")
+    else:
+        from align.chat_cli import chat_command
+
+        return chat_command(args.dir, args.prompt, args.max_new_tokens, args.base)
     return 0
 
 

@@ -131,8 +131,13 @@ def push_folder(
     import httpx2  # huggingface_hub 2.4's HTTP client: its TransportError is "the network is down"
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub import constants as hub_constants
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise HubError(f"--repo-id {repo_id!r} is not a hub repo id: {str(err).splitlines()[0]}") from None
     folder = Path(folder)
     files = local_files(folder) if folder.is_dir() else {}
     if not files:

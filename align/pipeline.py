@@ -45,6 +45,11 @@ def run_pipeline(recipe: Recipe, stages: list[Stage] | None = None) -> dict:
     if state.is_main_process:
         path = Path(recipe.output_dir) / "summary.json"
         path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        if recipe.export.merge or recipe.hub.push:  # merged checkpoint and/or push (align/export/finish.py)
+            from align.export.finish import finish_run
+
+            summary.update(finish_run(recipe, list(summary["stages"])[-1]))
+            path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
 
@@ -66,4 +71,9 @@ def format_summary(summary: dict) -> str:
                 f" (margin {r['reward_margin_after']:.3f}; policy prefers chosen "
                 f"{r['logp_accuracy_before']:.3f} -> {r['logp_accuracy_after']:.3f})"
             )
+    if "export" in summary:
+        lines.append(f"  merged checkpoint: {summary['export']}/")
+    if "hub" in summary:
+        hub = summary["hub"]
+        lines.append(f"  pushed to {hub['url']} ({hub['uploaded']} files uploaded, {hub['unchanged']} unchanged)")
     return "\n".join(lines)

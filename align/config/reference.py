@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from align.config.schema import DataSection, LoraSection, ModelSection, QuantizationSection, Recipe, StageSection
+from align.config.schema import (
+    DataSection,
+    ExportSection,
+    HubSection,
+    LoraSection,
+    ModelSection,
+    QuantizationSection,
+    Recipe,
+    StageSection,
+)
 from align.data.spec import DataSource, StageData
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -16,8 +25,10 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("data.sft / data.dpo", StageData),
     ("data.*.train[] / data.*.eval[]", DataSource),
     ("sft / dpo (align's keys)", StageSection),
+    ("export", ExportSection),
+    ("hub", HubSection),
 ]
-NESTED = {"model", "lora", "quantization", "data", "sft", "dpo", "trainer"}
+NESTED = {"model", "lora", "quantization", "data", "sft", "dpo", "trainer", "export", "hub"}
 
 
 def _type_name(annotation) -> str:

@@ -156,6 +156,36 @@ class StageSection(StrictModel):
     trainer: dict[str, Any] = Field(default_factory=dict, description="(filled by the loader) TRL fields.")
 
 
+class ExportSection(StrictModel):
+    """What `align run` writes after its last stage besides the adapters (same as `align export --merge`)."""
+
+    merge: bool = Field(
+        False, description="Write OUTPUT_DIR/final: the base with the final adapter merged in (stock Mixtral shards)."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of the merged weights; auto keeps the base checkpoint's."
+    )
+    max_shard_size: str = Field("5GB", description="Largest safetensors shard of the merged checkpoint.")
+
+
+class HubSection(StrictModel):
+    """Push the result to a Hugging Face hub at the end of `align run` (token: HF_TOKEN or `hf auth login`)."""
+
+    push: bool = Field(False, description="Upload at the end of the run (one commit; repo created if missing).")
+    repo_id: str | None = Field(None, description="Target repo, e.g. my-org/mixtral-8x7b-mydpo-lora.")
+    private: bool = Field(False, description="Create the repo private (a repo that exists keeps its visibility).")
+    revision: str = Field("main", description="Branch to commit to (created from main if missing).")
+    folder: Literal["adapter", "merged"] = Field(
+        "adapter", description="adapter: the final stage's adapter dir; merged: OUTPUT_DIR/final (exported first)."
+    )
+
+    @model_validator(mode="after")
+    def _repo_when_pushing(self) -> HubSection:
+        if self.push and not self.repo_id:
+            raise ValueError("hub.push is true but hub.repo_id is missing")
+        return self
+
+
 class Recipe(StrictModel):
     """A whole recipe: model, adapters, data, stages and their trainer settings."""
 
@@ -165,6 +195,8 @@ class Recipe(StrictModel):
     data: DataSection = Field(default_factory=DataSection)
     sft: StageSection = Field(default_factory=StageSection)
     dpo: StageSection = Field(default_factory=StageSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    hub: HubSection = Field(default_factory=HubSection)
     stages: list[Stage] = Field(default_factory=lambda: ["sft", "dpo"], description="Stages to run, in order.")
     output_dir: str = Field("runs/align", description="Where every stage writes OUTPUT_DIR/<stage>/.")
     seed: int = Field(42, description="Seed for data mixing, shuffling and training.")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from peft import PeftModel
 
+from align.card import write_stage_card
 from align.config import Recipe, Stage, recipe_to_yaml
 from align.errors import ModelError
 from align.moe.adapters import export_stock, is_routed_adapter, load_routed
@@ -94,6 +95,7 @@ def _write_outputs(trainer, tokenizer, recipe: Recipe, paths: StagePaths, evalua
     tokenizer.save_pretrained(paths.tmp)
     (paths.tmp / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
     (paths.tmp / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
+    write_stage_card(paths.tmp, recipe, paths.stage, evaluation, trainer.model.config.model_type)  # README.md
     if paths.metrics.exists():
         shutil.copyfile(paths.metrics, paths.tmp / "metrics.jsonl")
     verify_stage_dir(paths.tmp)

@@ -63,7 +63,9 @@ def run_sft(setup: StageSetup | None = None, **kwargs) -> dict:
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; MetricsLogger reports instead
     s.log_trainable(trainer.model)
-    evaluation = {"stage": "sft", "train_rows": len(s.data.train), **_loss_metrics(trainer, "before")}
+    held_rows = 0 if trainer.eval_dataset is None else len(s.held_out())  # the model card's data sizes
+    evaluation = {"stage": "sft", "train_rows": len(s.data.train), "eval_rows": held_rows}
+    evaluation.update(_loss_metrics(trainer, "before"))
     train_loss = s.train(trainer)
     evaluation.update(_loss_metrics(trainer, "after"))
     evaluation.update({"train_loss": train_loss, "steps": trainer.state.global_step})
