@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("out_dir")
     tiny.add_argument("--seed", type=int, default=0)
     _add_publish_commands(sub)
+    from align.evaluation.cli import add_commands
+
+    add_commands(sub)  # upcycle, eval, make-prefs
     return p
 
 
@@ -99,6 +102,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("export", "push", "chat"):
         return _publish(args)
+    from align.evaluation.cli import COMMANDS, run_command
+
+    if args.command in COMMANDS:
+        return run_command(args)
     from align.config import load_recipe, recipe_to_yaml
 
     recipe = load_recipe(args.recipe, args.overrides)

@@ -45,6 +45,10 @@ def run_pipeline(recipe: Recipe, stages: list[Stage] | None = None) -> dict:
     if state.is_main_process:
         path = Path(recipe.output_dir) / "summary.json"
         path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        from align.evaluation.report import run_report  # eval.md + figures (align/evaluation/, align/plots.py)
+
+        summary["report"] = str(run_report(recipe, list(summary["stages"])))
+        path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         if recipe.export.merge or recipe.hub.push:  # merged checkpoint and/or push (align/export/finish.py)
             from align.export.finish import finish_run
 
@@ -71,6 +75,8 @@ def format_summary(summary: dict) -> str:
                 f" (margin {r['reward_margin_after']:.3f}; policy prefers chosen "
                 f"{r['logp_accuracy_before']:.3f} -> {r['logp_accuracy_after']:.3f})"
             )
+    if "report" in summary:
+        lines.append(f"  eval report (tables, curves, sample replies): {summary['report']}")
     if "export" in summary:
         lines.append(f"  merged checkpoint: {summary['export']}/")
     if "hub" in summary:

@@ -189,7 +189,7 @@ def upcycle(
     marked = with_generation_markers(tokenizer.chat_template)
     if marked is not None:
         tokenizer.chat_template = marked
-        log.info("chat template kept, with {%% generation %%} markers added (same rendering)")
+        log.info("chat template kept, with {% generation %} markers added (same rendering)")
     return _write(model, tokenizer, Path(out_dir))
 
 

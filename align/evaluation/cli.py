@@ -52,4 +52,21 @@ def run_command(args: argparse.Namespace) -> int:
             args.dense, args.out, args.experts, args.top_k, args.noise, args.seed, args.dtype, args.aux_loss_coef
         )
         print(f"wrote {out}")
+    elif args.command == "make-prefs":
+        from align.evaluation.make_prefs import make_prefs
+
+        result = make_prefs(
+            args.out_dir, args.train, args.eval, args.seed, args.model, args.base, args.samples, args.temperature
+        )
+        for name, stats in result.items():
+            if name.startswith("prefs_"):
+                print(
+                    f"{name}: {stats['pairs']} pairs from {stats['prompts']} prompts "
+                    f"(sample accuracy {stats['sample_accuracy']:.3f}, chosen = gold answer {stats['chosen_gold']})"
+                )
+        print(f"wrote {args.out_dir}")
+    else:
+        from align.evaluation.report import eval_command
+
+        print(eval_command(args))
     return 0

@@ -14,6 +14,7 @@ from align.card import write_stage_card
 from align.config import Recipe, Stage, recipe_to_yaml
 from align.errors import ModelError
 from align.moe.adapters import export_stock, is_routed_adapter, load_routed
+from align.plots import stage_curves
 from align.stages.verify import replace_dir, save_failures, verify_stage_dir
 
 log = logging.getLogger("align")
@@ -98,5 +99,7 @@ def _write_outputs(trainer, tokenizer, recipe: Recipe, paths: StagePaths, evalua
     write_stage_card(paths.tmp, recipe, paths.stage, evaluation, trainer.model.config.model_type)  # README.md
     if paths.metrics.exists():
         shutil.copyfile(paths.metrics, paths.tmp / "metrics.jsonl")
+        stage_curves(paths.tmp, paths.stage)  # curves.png: loss, aux loss, rewards, lr (align/plots.py)
     verify_stage_dir(paths.tmp)
     replace_dir(paths.tmp, paths.final)
+
