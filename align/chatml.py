@@ -17,6 +17,13 @@ MARKED_TURN = (
     "{{ '\\n' }}"
     "{% else %}" + CHATML_TURN + "{% endif %}"
 )
+# SmolLM2-135M-Instruct's template as its GGUF ships it (a default system turn, no markers): tests use it.
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def with_generation_markers(template: str | None) -> str | None:
