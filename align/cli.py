@@ -87,6 +87,9 @@ def _setup_logging() -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if main_process else logging.WARNING)
     logger.propagate = False
+    # bitsandbytes 0.50.2 warns at import on every CPU run that an optional `kernels` package is missing
+    # (its pure-torch CPU path works); peft imports bitsandbytes, so users saw it on every command
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     import datasets
     import transformers
 
