@@ -57,7 +57,10 @@ def ensure_chat_template(tokenizer: PreTrainedTokenizerBase, mode: str = "auto")
     current = tokenizer.chat_template
     if mode == "keep":
         if not current:
-            raise ModelError("model.chat_template is 'keep' but the tokenizer has no chat template")
+            raise ModelError(
+                "model.chat_template is 'keep' but the tokenizer has no chat template; set model.chat_template: "
+                "auto or mixtral to install the Mixtral-Instruct one"
+            )
         return "tokenizer"
     if mode == "auto" and has_generation_markers(current):
         return "tokenizer"

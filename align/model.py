@@ -6,12 +6,14 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from align.chat import ensure_chat_template
 from align.config.schema import ModelSection, QuantizationSection
 from align.errors import ModelError
 from align.runtime import Runtime
+from align.security import RepoIdError, check_repo_id, pickle_weights
 
 log = logging.getLogger("align")
 
@@ -39,26 +41,44 @@ def check_architecture(config: PretrainedConfig, allow_dense: bool, where: str) 
 
 
 def _model_config(section: ModelSection) -> PretrainedConfig:
-    path = Path(section.name_or_path)
-    if not path.exists() and (section.name_or_path.startswith((".", "/")) or section.name_or_path.count("/") != 1):
-        raise ModelError(f"model directory not found: {section.name_or_path}")
+    check_source(section.name_or_path)
     try:
         return AutoConfig.from_pretrained(
             section.name_or_path, revision=section.revision, trust_remote_code=section.trust_remote_code
         )
     except (OSError, ValueError) as err:
-        raise ModelError(f"cannot read the model config of {section.name_or_path}: {err}") from None
+        if "trust_remote_code" in str(err):
+            raise ModelError(
+                f"{section.name_or_path} needs its own model code (auto_map in config.json), which align does not "
+                "run unless the recipe sets model.trust_remote_code: true (only for code you trust)"
+            ) from None
+        reason = " ".join(str(err).split())[:300]
+        raise ModelError(f"cannot read the model config of {section.name_or_path}: {reason}") from None
+
+
+def check_source(name: str) -> None:
+    """ModelError unless `name` is an existing local path or a well-formed hub id (checked before any download)."""
+    if Path(name).exists():
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelError(f"model directory not found: {name}")
+    try:
+        check_repo_id(name)
+    except RepoIdError as err:
+        raise ModelError(f"model.name_or_path is neither a local directory nor a valid hub id: {err}") from None
 
 
 def load_tokenizer(section: ModelSection, path: str | None = None):
     """The tokenizer with pad token and a chat template that marks assistant turns."""
     source = path or section.name_or_path
+    check_source(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=section.revision, trust_remote_code=section.trust_remote_code
         )
     except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load the tokenizer of {source}: {err}") from None
+        reason = " ".join(str(err).split())[:300]
+        raise ModelError(f"cannot load the tokenizer of {source}: {reason}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     which = ensure_chat_template(tokenizer, section.chat_template)
@@ -113,6 +133,12 @@ def load_model(section: ModelSection, quant: QuantizationSection, runtime: Runti
         if section.experts_implementation:
             kwargs["experts_implementation"] = section.experts_implementation
     bnb = quantization_config(quant, runtime)
+    pickles = pickle_weights(section.name_or_path)
+    if pickles and not section.allow_pickle_weights:
+        raise ModelError(
+            f"{section.name_or_path} has pickle weights ({', '.join(pickles[:3])}) and no safetensors; unpickling "
+            "can run code: convert them to safetensors, or set model.allow_pickle_weights: true if you trust them"
+        )
     try:
         model = AutoModelForCausalLM.from_pretrained(
             section.name_or_path,
@@ -120,12 +146,13 @@ def load_model(section: ModelSection, quant: QuantizationSection, runtime: Runti
             trust_remote_code=section.trust_remote_code,
             dtype=runtime.dtype,
             attn_implementation=section.attn_implementation,
-            use_safetensors=True,
+            use_safetensors=None if pickles else True,
             quantization_config=bnb,
             **kwargs,
         )
-    except OSError as err:
-        raise ModelError(f"cannot load the weights of {section.name_or_path} (safetensors only): {err}") from None
+    except (OSError, SafetensorError) as err:
+        reason = " ".join(str(err).split())[:300]
+        raise ModelError(f"cannot load the weights of {section.name_or_path} (safetensors only): {reason}") from None
     model.config.use_cache = False  # training; packed batches stay separate only without the cache
     if bnb is not None:
         keep_trainable_4bit_layout(model)

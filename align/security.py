@@ -16,8 +16,10 @@ import os
 import re
 from pathlib import Path
 
-from align.config.redact import NOT_SECRET, REDACTED, SECRET_KEY
-
+SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|auth|credential)", re.IGNORECASE)
+# Keys that look secret by name but hold vocabulary items or counts, not credentials.
+NOT_SECRET = re.compile(r"^(pad|bos|eos|unk|sep|cls|mask)_token(_id)?$|^(max|min|num|total)_|tokens$", re.IGNORECASE)
+REDACTED = "***"
 # Hub tokens (hf_...), and generic bearer-style keys that show up in URLs or headers.
 TOKEN_PATTERNS = (
     re.compile(r"\bhf_[A-Za-z0-9]{16,}\b"),

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from align.config.schema import STAGES, Recipe, StageSection
 from align.config.trl_fields import OWNED_BY_ALIGN, REMOVED, check_trl_value, trl_field_types
 from align.errors import RecipeError
+from align.security import is_secret_key
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -24,7 +25,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+        raise RecipeError(f"{path}: not valid YAML{_yaml_reason(err)}") from None
     except UnicodeDecodeError as err:
         raise RecipeError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if raw is None:
@@ -32,6 +33,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
     return raw
+
+
+def _yaml_reason(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: where, and what (PyYAML's own message spans several lines)."""
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return ": " + " ".join(str(err).split())[:200]
+    mark = err.problem_mark
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    what = " ".join(filter(None, [err.context, err.problem]))
+    if isinstance(err, yaml.constructor.ConstructorError):
+        what += "; recipes are read with yaml.safe_load, which builds no Python objects"
+    return f"{where}: {what}"
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -132,10 +145,20 @@ def _collapse_unions(errors: list[dict]) -> list[dict]:
     return list(seen.values())
 
 
+def _shown(loc: tuple, value: Any) -> str:
+    """A rejected value as echoed in an error: secrets hidden, long values cut."""
+    text = "'***'" if loc and is_secret_key(str(loc[-1])) and isinstance(value, str) else repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One line per problem: the dotted key, the file, and what is expected."""
     lines = []
-    for e in _collapse_unions(err.errors()):
+    errors = _collapse_unions(err.errors())
+    # a misspelled key also leaves the key it meant "missing": the misspelling alone explains both
+    misspelled = {tuple(e["loc"][:-1]) for e in errors if e["type"] == "extra_forbidden"}
+    errors = [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"][:-1]) in misspelled)]
+    for e in errors:
         loc = tuple(e["loc"])
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
@@ -146,12 +169,16 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             owner = _model_at(loc, Recipe)
             field = owner.model_fields.get(str(loc[-1])) if owner else None
             expected = field.description if field is not None else "a different value"
-            lines.append(f"'{dotted}' in {source}: invalid value {e.get('input')!r}; expected: {expected}")
+            lines.append(f"'{dotted}' in {source}: invalid value {_shown(loc, e.get('input'))}; expected: {expected}")
         elif e["type"] == "missing":
             lines.append(f"missing key '{dotted}' in {source}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"'{dotted}' in {source}: {msg} (got {e.get('input')!r})")
+            value = e.get("input")
+            # a section-level check (the input is a whole section) or a message that already shows the value
+            echo = loc and not isinstance(value, dict) and repr(value) not in msg
+            got = f" (got {_shown(loc, value)})" if echo else ""
+            lines.append(f"'{dotted}' in {source}: {msg}{got}")
     return "\n".join(lines)
 
 

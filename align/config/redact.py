@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import yaml
 
 from align.config.schema import Recipe
-
-SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|auth|credential)", re.IGNORECASE)
-# Keys that look secret by name but hold vocabulary items or counts, not credentials.
-NOT_SECRET = re.compile(r"^(pad|bos|eos|unk|sep|cls|mask)_token(_id)?$|^(max|min|num|total)_|tokens$", re.IGNORECASE)
-REDACTED = "***"
+from align.security import NOT_SECRET, REDACTED, SECRET_KEY  # noqa: F401  (one definition of a secret key)
 
 
 def redact(value: Any, key: str = "") -> Any:

@@ -104,6 +104,7 @@ class _Options:
     skip: bool
     base_dir: Path | None
     log: Log
+    check: Callable[[dict], None] | None = None  # a further per-row check (RowError), e.g. prompt length
 
 
 def _load_source(
@@ -117,6 +118,8 @@ def _load_source(
     for where, n, row, fmt in read_shaped_rows(source, opts.base_dir, on_error):
         try:
             record, merged = _normalise(row, fmt, opts.kind, opts.allow_system)
+            if opts.check is not None:
+                opts.check(record)
         except RowError as err:
             if not opts.skip:
                 raise DataError(f"{where} row {n}: {err}") from None
@@ -193,16 +196,18 @@ def load_stage(
     allow_system: bool,
     base_dir: Path | None = None,
     log: Log = print,
+    check: Callable[[dict], None] | None = None,
 ) -> StageDatasets:
     """Loads, checks and mixes a stage's data into `messages` (SFT) or `prompt/chosen/rejected` datasets.
 
     Deterministic for a given seed. Bad data raises DataError naming file and row (or is skipped and
     reported when `data.skip_bad_rows`). `allow_system=False` merges system turns into the first user turn.
+    `check`, if given, sees every normalised record and may reject it with RowError (same file/row handling).
     """
     if kind not in FEATURES:
         raise ValueError(f"kind must be 'sft' or 'preference', got {kind!r}")
     report = LoadReport(kind=kind)
-    opts = _Options(kind, allow_system, data.skip_bad_rows, base_dir, log)
+    opts = _Options(kind, allow_system, data.skip_bad_rows, base_dir, log, check)
     train_parts = [_load_source(source, "train", opts, report) for source in data.train]
     eval_parts = [_load_source(source, "eval", opts, report) for source in data.eval]
     if report.merged_system:

@@ -7,6 +7,7 @@ from typing import Any
 
 from align.config.schema import Recipe, Stage
 from align.config.trl_fields import trl_config_class
+from align.errors import RecipeError
 from align.runtime import Runtime
 
 # align's defaults, in one place. TRL's own defaults (bf16=True, gradient checkpointing on) are
@@ -35,4 +36,8 @@ def training_args(recipe: Recipe, stage: Stage, runtime: Runtime, work_dir: Path
     values["output_dir"] = str(work_dir)
     values["seed"] = recipe.seed
     values["data_seed"] = recipe.seed
-    return trl_config_class(stage)(**values)
+    try:
+        return trl_config_class(stage)(**values)
+    except ValueError as err:  # TrainingArguments.__post_init__ checks combinations of keys (transformers 5.24)
+        reason = " ".join(str(err).split())[:400]
+        raise RecipeError(f"the {stage}: section's trainer keys do not fit together: {reason}") from None

@@ -23,6 +23,7 @@ from align.runtime import Runtime, resolve_runtime
 from align.stages.args import training_args
 from align.stages.common import StagePaths, load_adapter, stage_complete, trainable_parameters
 from align.stages.guards import NonFiniteGuard
+from align.stages.inputs import check_vocab, prompt_fits
 from align.stages.metrics import MetricsLogger
 from align.stages.resume import prepare_stage, training_loss
 from align.stages.shards import DataShards
@@ -125,10 +126,12 @@ def build_setup(recipe: Recipe, stage: Stage) -> StageSetup:
         seed=recipe.seed,
         allow_system=template_allows_system(tokenizer),
         log=log.info if state.is_main_process else (lambda _msg: None),
+        check=prompt_fits(tokenizer, args.max_length, stage, args.truncation_mode),
     )
     if state.is_main_process:
         log.info("%s", data.report.summary())
     model = load_model(recipe.model, recipe.quantization, runtime)
+    check_vocab(tokenizer, model, recipe.model.name_or_path)
     moe = model.config.model_type in MOE_MODEL_TYPES
     peft = None
     set_seed(recipe.seed)  # LoRA A init draws from torch's RNG, which each process seeds at random
