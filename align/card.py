@@ -41,6 +41,7 @@ class CardInput:
     stages: dict[str, dict]  # stage -> its eval.json (in run order)
     model_type: str | None = None
     has_routing_png: bool = False
+    has_curves_png: bool = False  # curves.png beside the card: training curves (align/plots.py)
     notes: list[str] = field(default_factory=list)
     base_dir: Path | None = None  # where the base checkpoint lives locally (its README gives the license)
 
@@ -173,6 +174,8 @@ def render_card(info: CardInput, here: str) -> str:
         lines.append("\n## Routing profile\n")
         lines.append(f"![routing profile of the training data through the base model]({ROUTING_PNG})\n")
         lines.append("Share of routed tokens per layer and expert (the data the expert adapters were placed from).")
+    if info.has_curves_png:
+        lines.append("\n## Training curves\n\n![loss, router aux loss, rewards and learning rate](curves.png)\n")
     lines.append("\n## How to load\n")
     lines.append(_how_to_load(info, here))
     lines.append("## Training recipe\n\nThe resolved recipe (secrets redacted); `align run` accepts it again.\n")
@@ -198,6 +201,7 @@ def write_stage_card(out_dir: Path, recipe: Recipe, stage: str, evaluation: dict
     if routing.is_file():
         shutil.copyfile(routing, Path(out_dir) / ROUTING_PNG)
     info = CardInput("adapter", recipe, stages, model_type=model_type, has_routing_png=routing.is_file())
+    info.has_curves_png = (Path(out_dir) / "curves.png").is_file()
     here = str(root / stage)
     if Path(recipe.model.name_or_path).is_dir():
         info.base_dir = Path(recipe.model.name_or_path)

@@ -78,6 +78,7 @@ def test_pipeline_writes_curves_and_the_report(tmp_path, tiny_dir):
     assert code == 0
     for stage in ("sft", "dpo"):
         assert _image(tmp_path / stage / "curves.png").std() > 0.05
+        assert "](curves.png)" in (tmp_path / stage / "README.md").read_text()  # the model card shows them
     summary = json.loads((tmp_path / "summary.json").read_text())
     report = (tmp_path / "eval" / "eval.md").read_text()
     assert summary["report"] == str(tmp_path / "eval" / "eval.md")

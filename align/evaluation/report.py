@@ -195,6 +195,7 @@ def run_report(recipe: Recipe, stages: list[str]) -> Path:
     loading a model again after a ZeRO-3 run hangs, transformers 5.24 / DeepSpeed 0.19.8)."""
     from accelerate import PartialState
 
+    start = time.perf_counter()
     root = Path(recipe.output_dir)
     out_dir = root / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,5 +218,6 @@ def run_report(recipe: Recipe, stages: list[str]) -> Path:
     else:
         log.info("sample replies skipped under a multi-process launch; run `align eval %s` afterwards", root)
     _copy_figures(target, out_dir)
+    result["seconds"] = round(time.perf_counter() - start, 1)
     write_report(result, out_dir)
     return out_dir / "eval.md"

@@ -96,10 +96,10 @@ def _write_outputs(trainer, tokenizer, recipe: Recipe, paths: StagePaths, evalua
     tokenizer.save_pretrained(paths.tmp)
     (paths.tmp / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
     (paths.tmp / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
-    write_stage_card(paths.tmp, recipe, paths.stage, evaluation, trainer.model.config.model_type)  # README.md
     if paths.metrics.exists():
         shutil.copyfile(paths.metrics, paths.tmp / "metrics.jsonl")
         stage_curves(paths.tmp, paths.stage)  # curves.png: loss, aux loss, rewards, lr (align/plots.py)
+    write_stage_card(paths.tmp, recipe, paths.stage, evaluation, trainer.model.config.model_type)  # README.md
     verify_stage_dir(paths.tmp)
     replace_dir(paths.tmp, paths.final)
 
