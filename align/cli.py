@@ -8,6 +8,8 @@ import os
 import sys
 import traceback
 
+from align.security import SecretFilter, scrub
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="align", description="SFT then DPO for Mixtral-family MoE models.")
@@ -76,8 +78,6 @@ def _add_publish_commands(sub) -> None:
 def _setup_logging() -> None:
     """align's own log lines on stderr, main process only (other ranks: warnings and errors)."""
     main_process = os.environ.get("RANK", "0") == "0"
-    from align.security import SecretFilter
-
     handler = logging.StreamHandler()  # the current sys.stderr: main() may run more than once in a process
     handler.setFormatter(logging.Formatter("[align] %(message)s"))
     handler.addFilter(SecretFilter())  # no token value ever reaches a log line
@@ -115,7 +115,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if getattr(args, "resume", False):
         recipe.resume = True
     if args.command == "check":
-        print(recipe_to_yaml(recipe), end="")
+        print(scrub(recipe_to_yaml(recipe), replacement="REDACTED"), end="")  # stays loadable YAML
         return 0
     if args.command == "plan":
         from align.plan import plan_command
@@ -163,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
     from align.errors import AlignError
-    from align.security import scrub
 
     try:
         return _dispatch(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import torch
@@ -150,7 +151,7 @@ def load_model(section: ModelSection, quant: QuantizationSection, runtime: Runti
             quantization_config=bnb,
             **kwargs,
         )
-    except (OSError, SafetensorError) as err:
+    except (OSError, SafetensorError, pickle.UnpicklingError) as err:  # torch.load(weights_only=True) refusals
         reason = " ".join(str(err).split())[:300]
         raise ModelError(f"cannot load the weights of {section.name_or_path} (safetensors only): {reason}") from None
     model.config.use_cache = False  # training; packed batches stay separate only without the cache

@@ -39,12 +39,12 @@ def secret_values(environ: dict[str, str] | None = None) -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
-def scrub(text: str, environ: dict[str, str] | None = None) -> str:
-    """`text` with secret values replaced by '***'."""
+def scrub(text: str, environ: dict[str, str] | None = None, replacement: str = REDACTED) -> str:
+    """`text` with secret values replaced by '***' (or `replacement`, e.g. a YAML-safe word)."""
     for value in secret_values(environ):
-        text = text.replace(value, REDACTED)
+        text = text.replace(value, replacement)
     for pattern in TOKEN_PATTERNS:
-        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + replacement, text)
     return text
 
 

@@ -52,18 +52,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
+        shown = repr(f"{key}=***" if sep and is_secret_key(key.strip()) else item)  # never echo a secret
         if not sep or not key.strip():
-            raise RecipeError(f"override {item!r} is not of the form key.path=value")
+            raise RecipeError(f"override {shown} is not of the form key.path=value")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as err:
-            raise RecipeError(f"override {item!r}: value is not valid YAML: {err}") from None
+            raise RecipeError(f"override {shown}: value is not valid YAML{_yaml_reason(err)}") from None
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise RecipeError(f"override {item!r}: '{part}' is not a section")
+                raise RecipeError(f"override {shown}: '{part}' is not a section")
             node = child
         node[parts[-1]] = value
     return out

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from align.data.spec import StageData
+from align.security import check_repo_id
 from align.strict import StrictModel
 
 Stage = Literal["sft", "dpo"]
@@ -178,6 +179,11 @@ class HubSection(StrictModel):
     folder: Literal["adapter", "merged"] = Field(
         "adapter", description="adapter: the final stage's adapter dir; merged: OUTPUT_DIR/final (exported first)."
     )
+
+    @field_validator("repo_id")
+    @classmethod
+    def _valid_repo_id(cls, repo_id: str | None) -> str | None:
+        return None if repo_id is None else check_repo_id(repo_id)
 
     @model_validator(mode="after")
     def _repo_when_pushing(self) -> HubSection:
