@@ -58,7 +58,8 @@ def markdown() -> str:
         "#### `sft` / `dpo` (TRL's keys)\n\nEvery other key of `sft:` and `dpo:` is a field of TRL's `SFTConfig` / "
         "`DPOConfig` (TrainingArguments included), checked against its type; keys TRL removed are errors that name "
         "their replacement. align's defaults: `report_to: none`, `logging_steps: 1`, `save_strategy: no`, "
-        "`assistant_only_loss: true` (SFT), and on CPU `use_cpu: true`, `bf16: false`."
+        "`assistant_only_loss: true` (SFT), `precompute_ref_log_probs: true` (DPO; cached on disk in "
+        "OUTPUT_DIR/cache/reference), and on CPU `use_cpu: true`, `bf16: false`."
     )
     return "\n\n".join(parts) + "\n"
 

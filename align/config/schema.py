@@ -154,6 +154,11 @@ class StageSection(StrictModel):
     max_nonfinite_skips: int = Field(
         10, ge=0, description="With on_nonfinite: skip, stop the stage after this many skipped updates."
     )
+    packed_forward: bool = Field(
+        True,
+        description="Padding-free training forward: each batch's sequences packed into rows (attention kept inside "
+        "each sequence), the LM head scores only labelled tokens; same loss as the padded batch.",
+    )
     trainer: dict[str, Any] = Field(default_factory=dict, description="(filled by the loader) TRL fields.")
 
 

@@ -8,6 +8,7 @@ into a `target_parameters` LoRA that an unmodified transformers + PEFT loads wit
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -120,15 +121,22 @@ def load_routed(model: torch.nn.Module, adapter_dir: str | Path, is_trainable: b
     config.inference_mode = not is_trainable
     config.rank_pattern = {k: v for k, v in (config.rank_pattern or {}).items() if k != "mlp.experts"}
     peft_model = wrap(model, config, plan)
-    state, _ = stock_to_routed(load_file(adapter_dir / "adapter_model.safetensors"), meta["num_experts"])
+    state, in_file = stock_to_routed(load_file(adapter_dir / "adapter_model.safetensors"), meta["num_experts"])
     state = _fold_scales_back(peft_model, state, config)
     result = set_peft_model_state_dict(peft_model, state)
-    missing = [k for k in result.missing_keys if ".lora_" in k]
+    missing = [k for k in result.missing_keys if ".lora_" in k and not _zero_update(k, in_file)]
     if missing:
         raise ValueError(f"{adapter_dir}: adapter is missing {len(missing)} tensors, e.g. {missing[0]}")
     if not is_trainable:
         peft_model.eval()
     return peft_model
+
+
+def _zero_update(key: str, in_file: dict[str, dict[int, int]]) -> bool:
+    """A planned expert with no slots in the file: no token reached it in training, so B stayed 0 and the
+    export dropped it (a zero update); its fresh factors here (B = 0) give the same update."""
+    m = re.match(r"(?P<prefix>.+)\.lora_(gate_up|down)_[AB]\.[^.]+\.(?P<expert>\d+)$", key)
+    return m is not None and int(m["expert"]) not in in_file.get(m["prefix"], {})
 
 
 def _fold_scales_back(model: PeftModel, state: dict[str, torch.Tensor], config: LoraConfig) -> dict[str, torch.Tensor]:

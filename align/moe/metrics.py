@@ -44,7 +44,10 @@ def router_outputs(model, batch: dict) -> dict[int, torch.Tensor]:
     try:
         model.eval()
         device = next(model.parameters()).device
-        model(
+        # the decoder alone: the router logits need no LM head (32k-vocab logits for every probe token cost
+        # about as much as the rest of the forward on a small model)
+        base = model.get_base_model() if isinstance(model, PeftModel) else model
+        base.get_decoder()(
             input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False
         )
     finally:

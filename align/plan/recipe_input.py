@@ -119,7 +119,8 @@ def stage_inputs(recipe: Recipe, parallel: Parallel, device: str = "cuda") -> tu
         if batch < 1 or seq < 2:
             raise RecipeError(f"{stage}: per_device_train_batch_size and max_length must be positive")
         dpo = stage == "dpo"
-        ref = dpo and not recipe.stage_section(stage).trainer.get("precompute_ref_log_probs", False)
+        # align precomputes the reference log-probs by default (align/stages/args.py DEFAULTS)
+        ref = dpo and not recipe.stage_section(stage).trainer.get("precompute_ref_log_probs", True)
         work = Workload(
             sequences=2 * batch if dpo else batch,
             seq_len=seq,

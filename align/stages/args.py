@@ -23,7 +23,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "disable_tqdm": True,
     },
     "sft": {"assistant_only_loss": True},
-    "dpo": {},
+    # The reference is frozen: its log-probs are computed once, before training, and cached on disk
+    # (align/stages/ref_cache.py), instead of a reference forward in every step.
+    "dpo": {"precompute_ref_log_probs": True},
 }
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 
 from transformers import PrinterCallback
-from trl import DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from align.evaluate import evaluate_preferences
 from align.moe.zero3 import gathered_layers
 from align.stages.common import save_stage
 from align.stages.setup import StageSetup, build_setup
+from align.stages.trainers import AlignDPOTrainer
 
 log = logging.getLogger("align")
 
@@ -41,20 +41,29 @@ def _evaluate(trainer, setup: StageSetup, rows: list[dict], reference) -> dict[s
     )
 
 
-def run_dpo(setup: StageSetup | None = None, **kwargs) -> dict:
-    """Run the DPO stage of a recipe; returns the stage's eval summary (held-out reward accuracy etc.)."""
-    s = setup or build_setup(stage="dpo", **kwargs)
-    paths, args = s.paths, s.args
-    trainer = DPOTrainer(
+def build_trainer(s: StageSetup) -> AlignDPOTrainer:
+    """The stage's DPO trainer: TRL's, with align's padding-free forward and the on-disk reference cache
+    (OUTPUT_DIR/cache/reference, used when `precompute_ref_log_probs` is on, align's default)."""
+    trainer = AlignDPOTrainer(
         model=s.model,
         ref_model=None,
-        args=args,
+        args=s.args,
         train_dataset=s.data.train,
         processing_class=s.tokenizer,
         peft_config=s.peft_config,
-        callbacks=s.callbacks(paths.metrics),
+        callbacks=s.callbacks(s.paths.metrics),
+        packed_forward=s.recipe.dpo.packed_forward,
+        ref_cache_dir=s.output_dir / "cache" / "reference",
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; MetricsLogger reports instead
+    return trainer
+
+
+def run_dpo(setup: StageSetup | None = None, **kwargs) -> dict:
+    """Run the DPO stage of a recipe; returns the stage's eval summary (held-out reward accuracy etc.)."""
+    s = setup or build_setup(stage="dpo", **kwargs)
+    paths = s.paths
+    trainer = build_trainer(s)
     s.log_trainable(trainer.model)
     held_out = s.held_out()
     rows = [] if held_out is None else held_out.to_list()

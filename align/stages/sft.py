@@ -8,11 +8,11 @@ from contextlib import nullcontext
 
 import torch
 from transformers import PrinterCallback
-from trl import SFTTrainer
 
 from align.moe.zero3 import gathered_layers
 from align.stages.common import save_stage
 from align.stages.setup import StageSetup, build_setup
+from align.stages.trainers import AlignSFTTrainer
 
 log = logging.getLogger("align")
 
@@ -48,27 +48,34 @@ def _loss_metrics(trainer, when: str) -> dict[str, float]:
     return {f"eval_loss_{when}": loss, f"perplexity_{when}": math.exp(min(loss, 50.0))}
 
 
-def run_sft(setup: StageSetup | None = None, **kwargs) -> dict:
-    """Run the SFT stage of a recipe; returns the stage's eval summary."""
-    s = setup or build_setup(stage="sft", **kwargs)
-    paths, args = s.paths, s.args
-    trainer = SFTTrainer(
+def build_trainer(s: StageSetup) -> AlignSFTTrainer:
+    """The stage's SFT trainer (TRL's, with align's padding-free forward unless the recipe turns it off)."""
+    trainer = AlignSFTTrainer(
         model=s.model,
-        args=args,
+        args=s.args,
         train_dataset=s.data.train,
         eval_dataset=s.held_out(),
         processing_class=s.tokenizer,
         peft_config=s.peft_config,
-        callbacks=s.callbacks(paths.metrics),
+        callbacks=s.callbacks(s.paths.metrics),
+        packed_forward=s.recipe.sft.packed_forward,
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; MetricsLogger reports instead
+    return trainer
+
+
+def run_sft(setup: StageSetup | None = None, **kwargs) -> dict:
+    """Run the SFT stage of a recipe; returns the stage's eval summary."""
+    s = setup or build_setup(stage="sft", **kwargs)
+    paths = s.paths
+    trainer = build_trainer(s)
     s.log_trainable(trainer.model)
     held_rows = 0 if trainer.eval_dataset is None else len(s.held_out())  # the model card's data sizes
     evaluation = {"stage": "sft", "train_rows": len(s.data.train), "eval_rows": held_rows}
     evaluation.update(_loss_metrics(trainer, "before"))
     train_loss = s.train(trainer)
     evaluation.update(_loss_metrics(trainer, "after"))
-    evaluation.update({"train_loss": train_loss, "steps": trainer.state.global_step})
+    evaluation.update({"train_loss": train_loss, "steps": trainer.state.global_step, "data_shards": s.shards.report})
     save_stage(trainer, s.tokenizer, s.recipe, paths, evaluation)
     if "eval_loss_before" in evaluation:
         log.info("SFT held-out loss %.3f -> %.3f", evaluation["eval_loss_before"], evaluation["eval_loss_after"])
