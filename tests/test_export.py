@@ -79,6 +79,9 @@ def test_merged_checkpoint_is_stock_mixtral_and_equals_the_adapter(tiny_run, tin
     assert sorted(set(index["weight_map"].values())) == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
     assert "model.layers.0.block_sparse_moe.experts.7.w3.weight" in index["weight_map"]  # stock on-disk names
     assert set(index["weight_map"]) == set(load_file(tiny_dir / "model.safetensors"))
+    for shard in set(index["weight_map"].values()):  # at most 8 MB each, unless one tensor alone is larger
+        names = [k for k, v in index["weight_map"].items() if v == shard]
+        assert len(names) == 1 or (final / shard).stat().st_size < 8_000_000 + 10_000, shard
     want = adapter_logits(tiny_dir, tiny_run / "dpo", tensors["input_ids"])
     base = adapter_logits(tiny_dir, tiny_run / "sft", tensors["input_ids"])  # a different adapter: must differ
     assert torch.allclose(tensors["logits"], want, atol=1e-4), (tensors["logits"] - want).abs().max()
@@ -221,6 +224,7 @@ def test_a_failed_export_leaves_nothing_that_looks_complete(tiny_run, tmp_path, 
 def test_export_command_adapter_only_and_user_errors(tiny_run, tmp_path, capsys):
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "adapter")]) == 0
     names = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert "mixtral" in front_matter((tmp_path / "adapter" / "README.md").read_text())["tags"]
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= names
     assert not any(n.startswith("model") for n in names)
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "adapter")]) == 2

@@ -172,7 +172,9 @@ def export_run(
         routing = info.root / "routing" / ROUTING_PNG
         if routing.is_file():
             shutil.copyfile(routing, tmp / ROUTING_PNG)
-        model_type = AutoConfig.from_pretrained(base_dir).model_type if base_dir else None
+        config_dir = base_dir or Path(info.recipe.model.name_or_path)
+        has_config = (config_dir / "config.json").is_file()  # a hub id: only its cached snapshot would say
+        model_type = AutoConfig.from_pretrained(config_dir).model_type if has_config else None
         card = CardInput(
             "merged" if merge else "adapter",
             info.recipe,
