@@ -10,7 +10,6 @@ each window got (process CPU seconds per wall second) shows how much others comp
 
 from __future__ import annotations
 
-import ctypes
 import resource
 import threading
 import time
@@ -19,8 +18,6 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-
-_LIBC = ctypes.CDLL("libc.so.6")
 
 
 def rss_mib(field: str = "VmRSS") -> float:
@@ -39,18 +36,13 @@ def reset_peak() -> bool:
         return False
 
 
-def release_free_memory() -> None:
-    """Return glibc's cached free heap to the OS, so RSS reads live memory (before a measured step)."""
-    _LIBC.malloc_trim(0)
-
-
 @dataclass
 class StepRecord:
     wall_s: float
     cpu_s: float  # process CPU time (all threads) during the window
     sys_s: float
     minor_faults: int
-    rss_start_mib: float
+    rss_start_mib: float  # resident at the window's start (freed memory glibc keeps counts: growth understates)
     peak_mib: float | None  # VmHWM during the window (None: the mark could not be reset)
     tokens: int  # non-padding tokens the step trained on (inputs)
     scored: int  # tokens with a label (the loss positions)
@@ -143,7 +135,7 @@ class StepClock(TrainerCallback):
         self.turns.wait(self.name)
 
     def _start(self) -> None:
-        release_free_memory()
+        # no malloc_trim here: returning freed heap to the OS would make the step page-fault it back in
         rss = rss_mib()
         has_peak = reset_peak()
         if torch.cuda.is_available():

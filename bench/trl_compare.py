@@ -45,6 +45,7 @@ from bench.trl_report import stage_summary, table
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 VOCAB = 32000  # the real Mixtral tokenizer
+SWEEP_PATHS = ("trl", "align")  # the sweeps compare align with (a) only, to stay within the time budget
 GPU_SHAPE = {"hidden": 2048, "intermediate": 7168, "layers": 8, "experts": 8, "heads": 16, "kv_heads": 4}
 
 
@@ -52,13 +53,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: main configuration, 4 steps, no sweeps/memory")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--hidden", type=int, help="main configuration's hidden size (default 256; cuda 2048)")
+    p.add_argument("--layers", type=int, help="decoder layers (default 4; cuda 8)")
+    p.add_argument("--experts", type=int, help="experts (default 8)")
+    p.add_argument("--batch", type=int, help="sequences (DPO: pairs) per step (default 8)")
+    p.add_argument("--rows", type=int, help="rows of each dataset (default: all 400)")
     p.add_argument("--steps", type=int, help="steps per stage and path, warm-up included (default 12; quick 4)")
     p.add_argument("--warmup", type=int, help="warm-up steps left out of the statistics (default 2; quick 1)")
     p.add_argument("--seq-lens", default="512,1024,2048", help="sequence-length sweep ('' to skip)")
     p.add_argument("--experts-sweep", default="4,16", help="experts sweep beside the main 8 ('' to skip)")
     p.add_argument("--sweep-steps", type=int, default=4, help="steps per stage and path in the sweeps (1 warm-up)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-path peak-RSS child processes")
-    p.add_argument("--ablations", action="store_true", help="also align without each speed-up (main configuration)")
+    p.add_argument("--no-ablations", action="store_true", help="skip align without each speed-up (main configuration)")
     p.add_argument("--work", help="working directory (default: a temporary one, removed at the end)")
     p.add_argument("--out", help="results JSON (default bench/results/trl_compare[_quick|_cuda].json)")
     p.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)  # memory: one path alone in this process
@@ -71,9 +77,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main_shape(args: argparse.Namespace) -> Shape:
-    extra = GPU_SHAPE if args.device == "cuda" else {}
-    max_length, batch = (2048, 8) if args.device == "cuda" else (256, 8)
-    return Shape(steps=args.steps, warmup=args.warmup, device=args.device, max_length=max_length, batch=batch, **extra)
+    values = {"steps": args.steps, "warmup": args.warmup, "device": args.device, "rows": args.rows}
+    if args.device == "cuda":
+        values.update(GPU_SHAPE, max_length=2048)
+    for key in ("hidden", "layers", "experts", "batch"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    if "hidden" in values and args.device == "cpu":
+        values["intermediate"] = 2 * values["hidden"]
+    return Shape(**values)
 
 
 def sweep_shapes(args: argparse.Namespace, main: Shape) -> list[Shape]:
@@ -84,9 +96,9 @@ def sweep_shapes(args: argparse.Namespace, main: Shape) -> list[Shape]:
     out = []
     for length in [int(x) for x in args.seq_lens.split(",") if x]:
         batch = max(1, main.batch * main.max_length // length)
-        out.append(dataclasses.replace(main, max_length=length, batch=batch, **steps))
+        out.append(dataclasses.replace(main, max_length=length, batch=batch, rows=args.sweep_steps * batch, **steps))
     for experts in [int(x) for x in args.experts_sweep.split(",") if x]:
-        out.append(dataclasses.replace(main, experts=experts, **steps))
+        out.append(dataclasses.replace(main, experts=experts, rows=args.sweep_steps * main.batch, **steps))
     return out
 
 
@@ -96,27 +108,29 @@ def stage_run(shape: Shape, work: Path, stage: str, recipe, variants=None, paths
 
     build = trl_paths.sft_trainers if stage == "sft" else trl_paths.dpo_trainers
     start = time.perf_counter()
-    trainers, setup = build(shape, recipe, work, variants or {})
-    trainers = {name: trainers[name] for name in (*paths, *(variants or {}))}
+    trainers, rows = build(shape, recipe, work, variants or {}, paths)
+    trainers = {name: trainers[name] for name in (*paths, *(variants or {}))}  # alternation order
     built = time.perf_counter() - start
     runs = run_alternating(trainers)
     if save and stage == "sft" and "align" in trainers:
-        from align.stages.common import save_stage
+        from align.stages.common import StagePaths, save_stage
 
-        save_stage(trainers["align"], setup.tokenizer, recipe, setup.paths, {"stage": "sft", "bench": True})
+        align = trainers["align"]
+        paths_ = StagePaths(Path(recipe.output_dir), "sft")
+        save_stage(align, align.processing_class, recipe, paths_, {"stage": "sft", "bench": True})
     if save and stage == "sft" and "trl_attn" in trainers:
         trainers["trl_attn"].save_model(str(work / "trl_attn" / "sft"))
     for name, trainer in trainers.items():
         runs[name]["trainable"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         runs[name]["reference_cache"] = getattr(trainer, "reference_cache", None)
     runs["_build_s"] = built
-    runs["_rows"] = len(setup.data.train)
+    runs["_rows"] = rows
     del trainers
     return runs
 
 
-def run_config(shape: Shape, work: Path, chained: bool, peak_gflops: float, ablations: bool = False) -> dict:
-    """SFT then DPO of one configuration: every path (and align's ablations), alternated."""
+def run_config(shape: Shape, work: Path, chained: bool, peak_gflops: float, ablations=False, paths=PATHS) -> dict:
+    """SFT then DPO of one configuration: `paths` (and align's ablations), alternated."""
     work.mkdir(parents=True, exist_ok=True)
     base = build_base(shape, work)
     sft_data, dpo_data = chained_data(work, shape.max_length) if chained else (SFT_DATA, DPO_DATA)
@@ -126,7 +140,7 @@ def run_config(shape: Shape, work: Path, chained: bool, peak_gflops: float, abla
         variants = variant_recipes(shape, base, work, stage, sft_data, dpo_data) if ablations else {}
         for variant in variants.values() if stage == "dpo" else ():  # every DPO starts from align's SFT adapter
             shutil.copytree(Path(recipe.output_dir) / "sft", Path(variant.output_dir) / "sft", dirs_exist_ok=True)
-        runs = stage_run(shape, work, stage, recipe, variants)
+        runs = stage_run(shape, work, stage, recipe, variants, paths)
         result[stage] = stage_summary(runs, shape, stage, VOCAB, peak_gflops)
         print(table(result[stage], f"{shape.name} {stage.upper()}"), flush=True)
     return result
@@ -155,6 +169,9 @@ def memory_children(args: argparse.Namespace, work: Path) -> dict:
     out = {}
     for path in PATHS:
         cmd = [sys.executable, "-m", "bench.trl_compare", "--child", path, "--work", str(work), "--device", args.device]
+        for key in ("hidden", "layers", "experts", "batch", "rows"):
+            if getattr(args, key) is not None:
+                cmd += [f"--{key}", str(getattr(args, key))]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
@@ -197,11 +214,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shape = main_shape(args)
         peak = rates_before["fp32_gflops" if args.device == "cpu" else "bf16_gflops"]
-        configs = [run_config(shape, work / shape.name, chained=False, peak_gflops=peak, ablations=args.ablations)]
+        configs = [
+            run_config(
+                shape,
+                work / shape.name,
+                chained=False,
+                peak_gflops=peak,
+                ablations=not (args.quick or args.no_ablations),
+            )
+        ]
         memory = {} if args.quick or args.no_memory else memory_children(args, work / shape.name)
         for sweep in sweep_shapes(args, shape):
             chained = sweep.max_length > shape.max_length
-            configs.append(run_config(sweep, work / sweep.name, chained=chained, peak_gflops=peak))
+            configs.append(run_config(sweep, work / sweep.name, chained, peak, paths=SWEEP_PATHS))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -38,7 +38,11 @@ LABELS = {
 }
 # Ablations of align's speed-ups (--ablations): recipe sections merged into align's recipe, per stage.
 ABLATIONS = {
-    "sft": {"align_padded": {"sft": {"packed_forward": False}}, "align_bfd": {"sft": {"packing": True}}},
+    # bfd: 2 packs of max_length tokens per step hold about what 8 padded rows of the shipped data do (~400)
+    "sft": {
+        "align_padded": {"sft": {"packed_forward": False}},
+        "align_bfd": {"sft": {"packing": True, "per_device_train_batch_size": 2}},
+    },
     "dpo": {
         "align_padded": {"dpo": {"packed_forward": False, "precompute_ref_log_probs": False}},
         "align_no_precompute": {"dpo": {"precompute_ref_log_probs": False}},
@@ -63,6 +67,7 @@ class Shape:
     warmup: int = 2
     rank: int = 16
     device: str = "cpu"
+    rows: int | None = None  # rows of each dataset (None: all 400); the sweeps read only what their steps use
 
     @property
     def name(self) -> str:
@@ -166,7 +171,10 @@ def align_recipe(shape: Shape, base: Path, out: Path, sft_data: Path, dpo_data: 
     raw = {
         "model": {"name_or_path": str(base), "dtype": "auto"},
         "lora": {"r": shape.rank, "alpha": 2 * shape.rank, "target_modules": ATTENTION, "experts": "all"},
-        "data": {"sft": {"train": [{"path": str(sft_data)}]}, "dpo": {"train": [{"path": str(dpo_data)}]}},
+        "data": {
+            "sft": {"train": [{"path": str(sft_data), "max_rows": shape.rows}]},
+            "dpo": {"train": [{"path": str(dpo_data), "max_rows": shape.rows}]},
+        },
         "output_dir": str(out),
         "seed": 42,
         "sft": {**trainer_keys(shape, "sft"), "eval_samples": None},
@@ -224,29 +232,51 @@ def trl_lora(shape: Shape, experts: bool):
 # ---------------------------------------------------------------- trainers
 
 
-def sft_trainers(shape: Shape, recipe, work: Path, variants: dict) -> tuple[dict, object]:
-    """name -> SFT trainer for every path (+ align `variants`: name -> recipe), and align's StageSetup (its data
-    feeds the TRL paths too)."""
+def stage_data(recipe, stage: str) -> tuple[object, object]:
+    """(tokenizer, training rows) of a stage through align's data loader, without loading a model: what the plain
+    TRL paths train on (the same rows, in the same order, as align's StageSetup)."""
+    from align.chat import template_allows_system
+    from align.data import load_stage
+    from align.model import load_tokenizer
+
+    tokenizer = load_tokenizer(recipe.model)
+    kind = "sft" if stage == "sft" else "preference"
+    data = load_stage(
+        recipe.stage_data(stage),
+        kind,
+        seed=recipe.seed,
+        allow_system=template_allows_system(tokenizer),
+        log=lambda _message: None,
+    )
+    return tokenizer, data.train
+
+
+def sft_trainers(shape: Shape, recipe, work: Path, variants: dict, paths=PATHS) -> tuple[dict, int]:
+    """name -> SFT trainer of each of `paths` (+ align `variants`: name -> recipe), and the number of rows."""
     from trl import SFTTrainer
 
     from align.stages.setup import build_setup
     from align.stages.sft import build_trainer
 
-    setup = build_setup(recipe, "sft")
-    trainers = {"align": build_trainer(setup)}
+    trainers = {}
+    if "align" in paths:
+        trainers["align"] = build_trainer(build_setup(recipe, "sft"))
     for name, variant in variants.items():
         trainers[name] = build_trainer(build_setup(variant, "sft"))
+    tokenizer, rows = stage_data(recipe, "sft")
     for name, experts in (("trl", True), ("trl_attn", False)):
-        trainers[name] = SFTTrainer(
-            model=trl_model(Path(recipe.model.name_or_path), shape),
-            args=trl_args(shape, "sft", work / name / "sft-work"),
-            train_dataset=setup.data.train,
-            processing_class=setup.tokenizer,
-            peft_config=trl_lora(shape, experts),
-        )
+        if name in paths:
+            trainers[name] = SFTTrainer(
+                model=trl_model(Path(recipe.model.name_or_path), shape),
+                args=trl_args(shape, "sft", work / name / "sft-work"),
+                train_dataset=rows,
+                processing_class=tokenizer,
+                peft_config=trl_lora(shape, experts),
+            )
     for name in ("align", *variants):
-        same_initial_adapter(trainers["trl"].model, trainers[name].model, shape.experts)
-    return trainers, setup
+        if "trl" in trainers and name in trainers:
+            same_initial_adapter(trainers["trl"].model, trainers[name].model, shape.experts)
+    return trainers, len(rows)
 
 
 def same_initial_adapter(stock, routed, num_experts: int) -> None:
@@ -255,14 +285,23 @@ def same_initial_adapter(stock, routed, num_experts: int) -> None:
     from align.moe.adapters import copy_stock_experts
 
     routed_params = dict(routed.named_parameters())
+    expert_b = [p for n, p in stock.named_parameters() if ".mlp.experts." in n and "lora_B" in n]
     with torch.no_grad():
         for name, param in stock.named_parameters():
             if "lora_" in name and ".mlp.experts." not in name:
                 routed_params[name].copy_(param)
-    copy_stock_experts(stock, routed, num_experts)
+        # copy_stock_experts copies only experts with a non-zero update: mark every slot used while copying A
+        for p in expert_b:
+            p.fill_(1.0)
+        copy_stock_experts(stock, routed, num_experts)
+        for p in expert_b:
+            p.zero_()
+        for name, param in routed.named_parameters():
+            if ".mlp.experts." in name and "_B." in name:
+                param.zero_()
 
 
-def dpo_trainers(shape: Shape, recipe, work: Path, variants: dict) -> tuple[dict, object]:
+def dpo_trainers(shape: Shape, recipe, work: Path, variants: dict, paths=PATHS) -> tuple[dict, int]:
     """name -> DPO trainer; every path starts from an SFT adapter (its reference = that adapter, frozen)."""
     from peft import PeftModel
     from trl import DPOTrainer
@@ -270,18 +309,20 @@ def dpo_trainers(shape: Shape, recipe, work: Path, variants: dict) -> tuple[dict
     from align.stages.dpo import build_trainer
     from align.stages.setup import build_setup
 
-    setup = build_setup(recipe, "dpo")
-    trainers = {"align": build_trainer(setup)}
+    trainers = {}
+    if "align" in paths:
+        trainers["align"] = build_trainer(build_setup(recipe, "dpo"))
     for name, variant in variants.items():
         trainers[name] = build_trainer(build_setup(variant, "dpo"))
-    attn_adapter = work / "trl_attn" / "sft"
-    for name, adapter in (("trl", Path(recipe.output_dir) / "sft"), ("trl_attn", attn_adapter)):
-        model = PeftModel.from_pretrained(trl_model(Path(recipe.model.name_or_path), shape), adapter, is_trainable=True)
-        trainers[name] = DPOTrainer(
-            model=model,
-            ref_model=None,
-            args=trl_args(shape, "dpo", work / name / "dpo-work"),
-            train_dataset=setup.data.train,
-            processing_class=setup.tokenizer,
-        )
-    return trainers, setup
+    tokenizer, rows = stage_data(recipe, "dpo")
+    for name, adapter in (("trl", Path(recipe.output_dir) / "sft"), ("trl_attn", work / "trl_attn" / "sft")):
+        if name in paths:
+            base = trl_model(Path(recipe.model.name_or_path), shape)
+            trainers[name] = DPOTrainer(
+                model=PeftModel.from_pretrained(base, adapter, is_trainable=True),
+                ref_model=None,
+                args=trl_args(shape, "dpo", work / name / "dpo-work"),
+                train_dataset=rows,
+                processing_class=tokenizer,
+            )
+    return trainers, len(rows)
