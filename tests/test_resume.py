@@ -189,3 +189,29 @@ def test_recipe_changes_ignore_keys_the_old_recipe_did_not_have():
     old = {"sft": {"learning_rate": 1e-3}, "lora": {"r": 8}}
     new = {"sft": {"learning_rate": 1e-3, "on_nonfinite": "stop"}, "lora": {"r": 16}}
     assert recipe_changes(old, new) == ["lora.r: 8 -> 16"]
+
+
+def test_a_crash_between_the_two_renames_restores_the_previous_output(tmp_path):
+    import torch
+
+    from align.stages.verify import aside, recover_previous, replace_dir, stage_dir_problem
+
+    def stage_dir(path: Path, value: float) -> Path:
+        fake_checkpoint(path, 1)
+        (path / "eval.json").write_text(json.dumps({"v": value}))
+        (path / "recipe.yaml").write_text("seed: 1\n")
+        return path
+
+    final = stage_dir(tmp_path / "sft", 1.0)
+    new = stage_dir(tmp_path / ".sft.tmp", 2.0)
+    final.rename(aside(final))  # the state after replace_dir's first rename, when the process dies
+    assert not final.exists()
+    recover_previous(final)
+    assert json.loads((final / "eval.json").read_text()) == {"v": 1.0} and stage_dir_problem(final) is None
+    replace_dir(new, final)  # a normal swap leaves only the new output
+    assert json.loads((final / "eval.json").read_text()) == {"v": 2.0}
+    assert not aside(final).exists() and not new.exists()
+    from safetensors.torch import save_file
+
+    save_file({"embed": torch.zeros(2)}, final / "adapter_model.safetensors")
+    assert "holds no LoRA tensors" in stage_dir_problem(final)

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from align.config.bounds import check_section, check_value
 from align.config.schema import STAGES, Recipe, StageSection
 from align.config.trl_fields import OWNED_BY_ALIGN, REMOVED, check_trl_value, trl_field_types
 from align.errors import RecipeError
@@ -28,6 +29,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise RecipeError(f"{path}: not valid YAML{_yaml_reason(err)}") from None
     except UnicodeDecodeError as err:
         raise RecipeError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except RecursionError:  # PyYAML recurses per nesting level
+        raise RecipeError(f"{path}: nested too deeply to be a recipe") from None
     if raw is None:
         raise RecipeError(f"{path}: the recipe is empty")
     if not isinstance(raw, dict):
@@ -59,6 +62,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as err:
             raise RecipeError(f"override {shown}: value is not valid YAML{_yaml_reason(err)}") from None
+        except RecursionError:
+            raise RecipeError(f"override {shown}: value nested too deeply") from None
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -98,8 +103,13 @@ def _split_stage(stage: str, section: Any, source: str) -> dict[str, Any]:
             raise RecipeError(f"unknown key '{stage}.{key}' in {source}{hint}")
         try:
             trainer[key] = check_trl_value(stage, key, value)
+            check_value(key, trainer[key])
         except ValueError as err:
             raise RecipeError(f"{where}: {err}") from None
+    try:
+        check_section(stage, trainer)
+    except ValueError as err:
+        raise RecipeError(f"{source}: {err}") from None
     kept["trainer"] = trainer
     return kept
 
@@ -131,12 +141,24 @@ def typing_args(annotation: Any) -> tuple:
 UNION_TAG = re.compile(r"^(literal\[|dict\[|list\[|function-)|^[A-Z]\w*$")
 
 
+def _union_tag(loc: tuple, i: int) -> bool:
+    """Whether loc[i] names a union branch (pydantic's tag) rather than a key the user wrote.
+
+    A class-name tag (`TopP`) is always followed by the branch's field; a key the user wrote that merely
+    looks like one (`A: 1`) is the last element of its error (found by fuzzing).
+    """
+    part = loc[i]
+    if not isinstance(part, str) or not UNION_TAG.match(part):
+        return False
+    return not part[0].isupper() or i < len(loc) - 1
+
+
 def _collapse_unions(errors: list[dict]) -> list[dict]:
     """A value that matches no branch of a union gives one error per branch: keep one, at the field."""
     seen: dict[tuple, dict] = {}
     for e in errors:
         loc = tuple(e["loc"])
-        cut = next((i for i, p in enumerate(loc) if isinstance(p, str) and UNION_TAG.match(p)), None)
+        cut = next((i for i in range(1, len(loc)) if _union_tag(loc, i)), None)
         if cut is None:
             seen[loc] = e
             continue
