@@ -79,6 +79,7 @@ def run_dpo(setup: StageSetup | None = None, **kwargs) -> dict:
         "reference": "sft adapter (frozen)" if s.init_adapter else "base model (adapter disabled)",
         "train_loss": train_loss,
         "steps": trainer.state.global_step,
+        "data_shards": s.shards.report,
         **{f"{k}_before": v for k, v in before.items()},
         **{f"{k}_after": v for k, v in after.items()},
     }

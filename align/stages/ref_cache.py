@@ -20,12 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset
 from safetensors.torch import load_file, save_file
+
+from align.stages.ref_logps import COLUMNS, attach_reference
 
 log = logging.getLogger("align")
 
-COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 _ROW_FIELDS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
@@ -76,11 +77,6 @@ def cache_path(cache_dir: Path, name: str, data_key: str, ref_key: str) -> Path:
     return cache_dir / f"{name}-{key[:24]}.safetensors"
 
 
-def _attach(dataset: Dataset, chosen: torch.Tensor, rejected: torch.Tensor) -> Dataset:
-    columns = Dataset.from_dict({COLUMNS[0]: chosen.tolist(), COLUMNS[1]: rejected.tolist()})
-    return concatenate_datasets([dataset, columns], axis=1)
-
-
 def with_reference_logps(
     dataset: Dataset,
     path: Path,
@@ -95,7 +91,7 @@ def with_reference_logps(
     if path.is_file():
         tensors = load_file(path)
         if tensors["chosen"].numel() == len(dataset):
-            return _attach(dataset, tensors["chosen"], tensors["rejected"]), True
+            return attach_reference(dataset, tensors["chosen"], tensors["rejected"]), True
         log.warning(
             "reference cache %s has %d rows, the data %d: recomputing", path, tensors["chosen"].numel(), len(dataset)
         )

@@ -4,7 +4,8 @@
   align's padding-free one (`align.stages.packing`): same batches, same losses, no compute on padding.
 - `AlignDPOTrainer` overrides `_precompute_ref_logps` (TRL 1.16, used when `precompute_ref_log_probs`) so the
   reference log-probs come from align's disk cache (`align.stages.ref_cache`) when the data and the reference
-  weights are unchanged, and are computed through the padding-free forward otherwise.
+  weights are unchanged, and are computed through the padding-free forward otherwise, sharded over the ranks
+  (`align.stages.ref_logps`: TRL's own precompute fails with more than one process on in-memory datasets).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from trl import DPOTrainer, SFTTrainer
 
 from align.stages import packing, ref_cache
+from align.stages.ref_logps import precompute_reference
 
 log = logging.getLogger("align")
 
@@ -45,7 +47,7 @@ class AlignDPOTrainer(DPOTrainer):
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
         self._install_forward()  # TRL runs this from __init__, after installing its own fused head
         start = time.perf_counter()
-        compute = lambda: super(AlignDPOTrainer, self)._precompute_ref_logps(dataset, name, batch_size)  # noqa: E731
+        compute = lambda: precompute_reference(self, dataset, batch_size)  # noqa: E731  (TRL's fails with >1 rank)
         if self._align_ref_cache_dir is None or self.is_deepspeed_enabled:  # ZeRO-3 shards what the key hashes
             out, path, hit = compute(), None, False
         else:
