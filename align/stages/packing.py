@@ -20,7 +20,7 @@ import torch
 from peft import PeftModel
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 from trl.kernels import ChunkedLogProbFunction
-from trl.trainer.utils import FusedCausalLMOutput
+from trl.trainer.utils import FusedCausalLMOutput, maybe_gather_lm_head_ctx
 
 from align.stages.logprobs import tiled_log_probs
 
@@ -109,12 +109,17 @@ def packed_index(plan: PackPlan, batch: int, width: int) -> torch.Tensor:
 
 
 def _score(hidden: torch.Tensor, lm_head: torch.nn.Linear, targets: torch.Tensor, outputs: tuple[str, ...]):
-    """Per-token fields for the selected rows only: align's tiles on CPU, TRL's kernel (Triton) elsewhere."""
-    if hidden.device.type == "cpu":
-        return tiled_log_probs(hidden, lm_head.weight, targets, outputs)
-    return ChunkedLogProbFunction.apply(
-        hidden, lm_head.weight, lm_head.bias, targets, 1.0, _TRL_VOCAB_CHUNK, None, 1.0, outputs
-    )
+    """Per-token fields for the selected rows only: align's tiles on CPU, TRL's kernel (Triton) elsewhere.
+
+    Under ZeRO-3 the head's weight is a shard outside its module's forward: gather it as TRL 1.16's own fused head
+    does (inside the model's forward, so DeepSpeed re-fetches it for backward).
+    """
+    with maybe_gather_lm_head_ctx(lm_head.weight, lm_head.bias):
+        if hidden.device.type == "cpu":
+            return tiled_log_probs(hidden, lm_head.weight, targets, outputs)
+        return ChunkedLogProbFunction.apply(
+            hidden, lm_head.weight, lm_head.bias, targets, 1.0, _TRL_VOCAB_CHUNK, None, 1.0, outputs
+        )
 
 
 def _backbone(model, input_ids, attention_mask, kwargs):
