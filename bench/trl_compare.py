@@ -64,9 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--experts-sweep", default="4,16", help="experts sweep beside the main 8 ('' to skip)")
     p.add_argument("--sweep-steps", type=int, default=4, help="steps per stage and path in the sweeps (1 warm-up)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-path peak-RSS child processes")
-    p.add_argument("--no-ablations", action="store_true", help="skip align without each speed-up (main configuration)")
+    p.add_argument("--ablations", action="store_true", help="also align without each speed-up (main configuration)")
     p.add_argument("--work", help="working directory (default: a temporary one, removed at the end)")
-    p.add_argument("--out", help="results JSON (default bench/results/trl_compare[_quick|_cuda].json)")
+    p.add_argument("--out", help="results JSON (default bench/results/trl_compare[_quick|_cuda|_ablations].json)")
     p.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)  # memory: one path alone in this process
     args = p.parse_args(argv)
     args.steps = args.steps or (4 if args.quick else 12)
@@ -201,6 +201,13 @@ def machine(device: str, load_before, load_after, rates_before, rates_after) -> 
     return info
 
 
+def output_path(args: argparse.Namespace) -> Path:
+    if args.out:
+        return Path(args.out)
+    suffix = "_quick" if args.quick else "_cuda" if args.device == "cuda" else "_ablations" if args.ablations else ""
+    return RESULTS / f"trl_compare{suffix}.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
@@ -211,38 +218,38 @@ def main(argv: list[str] | None = None) -> int:
     rates_before = peak_rates(args.device)
     print(f"load {load_before}, {torch.get_num_threads()} threads, matmul {rates_before}", flush=True)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="trl-compare-"))
+    out = output_path(args)
+    result = {
+        "command": "python -m bench.trl_compare " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine(args.device, load_before, None, rates_before, None),
+        "configs": [],
+        "peak_rss_mib": {},
+        "complete": False,
+    }
+
+    def write() -> None:  # after every configuration, so an interrupted run keeps what it measured
+        result["total_s"] = round(time.perf_counter() - started, 1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
     try:
         shape = main_shape(args)
         peak = rates_before["fp32_gflops" if args.device == "cpu" else "bf16_gflops"]
-        configs = [
-            run_config(
-                shape,
-                work / shape.name,
-                chained=False,
-                peak_gflops=peak,
-                ablations=not (args.quick or args.no_ablations),
-            )
-        ]
-        memory = {} if args.quick or args.no_memory else memory_children(args, work / shape.name)
+        result["configs"].append(run_config(shape, work / shape.name, False, peak, ablations=args.ablations))
+        write()
+        if not (args.quick or args.no_memory):
+            result["peak_rss_mib"] = memory_children(args, work / shape.name)
         for sweep in sweep_shapes(args, shape):
             chained = sweep.max_length > shape.max_length
-            configs.append(run_config(sweep, work / sweep.name, chained, peak, paths=SWEEP_PATHS))
+            result["configs"].append(run_config(sweep, work / sweep.name, chained, peak, paths=SWEEP_PATHS))
+            write()
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    rates_after = peak_rates(args.device)
     load_after = [round(x, 2) for x in os.getloadavg()]
-    suffix = "_quick" if args.quick else "_cuda" if args.device == "cuda" else ""
-    out = Path(args.out) if args.out else RESULTS / f"trl_compare{suffix}.json"
-    result = {
-        "command": "python -m bench.trl_compare " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine(args.device, load_before, load_after, rates_before, rates_after),
-        "configs": configs,
-        "peak_rss_mib": memory,
-        "total_s": round(time.perf_counter() - started, 1),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result["machine"] = machine(args.device, load_before, load_after, rates_before, peak_rates(args.device))
+    result["complete"] = True
+    write()
     print(f"load average start {load_before}, end {load_after}; {result['total_s']:.0f} s; wrote {out}")
     return 0
 

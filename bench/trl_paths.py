@@ -108,31 +108,35 @@ def _merge_system(messages: list[dict]) -> list[dict]:
 def chained_data(work: Path, max_length: int, seed: int = 0) -> tuple[Path, Path]:
     """Variable-length long conversations made of the shipped rows, for the sequence-length sweep.
 
-    SFT: consecutive shipped conversations joined into one multi-turn conversation until it reaches a target
-    length drawn uniformly from [0.25, 0.95] x max_length tokens. DPO: the same history as a multi-turn prompt
-    before each shipped pair's own prompt (the completions stay the shipped ones).
+    SFT: random shipped conversations joined into one multi-turn conversation of up to a length drawn uniformly
+    from [0.25, 0.95] x max_length tokens. DPO: such a history, of up to [0.2, 0.7] x max_length tokens, as the
+    multi-turn prompt before each shipped pair's own prompt (the shipped completions; nothing is truncated).
     """
     tokenizer = mixtral_tokenizer()
     rng = random.Random(seed)
 
     def length(messages):
-        return len(
-            tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
-        )
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     sft_rows = [_merge_system(r["messages"]) for r in _read(SFT_DATA)]
     sizes = [length(m) for m in sft_rows]
-    out_sft, out_dpo = [], []
-    for pairs_row in _read(DPO_DATA):
-        target = rng.uniform(0.25, 0.95) * max_length
-        history, total = [], 0
-        while total < target:
+
+    def history(low: float, high: float) -> list[dict]:
+        target, out, total = rng.uniform(low, high) * max_length, [], 0
+        for _ in range(10 * len(sft_rows)):  # random rows that still fit, until the target is nearly reached
             i = rng.randrange(len(sft_rows))
-            history += sft_rows[i]
-            total += sizes[i]
-        out_sft.append({"messages": history})
-        prompt = history + pairs_row["prompt"]
-        out_dpo.append({"prompt": prompt, "chosen": pairs_row["chosen"], "rejected": pairs_row["rejected"]})
+            if total + sizes[i] <= target:
+                out, total = out + sft_rows[i], total + sizes[i]
+            if target - total < min(sizes):
+                break
+        return out
+
+    out_sft = [{"messages": history(0.25, 0.95)} for _ in range(len(sft_rows))]
+    out_dpo = [
+        {"prompt": history(0.2, 0.7) + row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]}
+        for row in _read(DPO_DATA)
+    ]
     paths = work / f"sft-chained-{max_length}.jsonl", work / f"prefs-chained-{max_length}.jsonl"
     for path, rows in zip(paths, (out_sft, out_dpo), strict=True):
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

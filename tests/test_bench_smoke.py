@@ -42,7 +42,7 @@ def test_json_schema(result):
 def test_paths_compute_the_same_losses(result):
     for stage in ("sft", "dpo"):
         checks = result["configs"][0][stage]["checks"]
-        assert checks["first_step_loss_equal"], checks
+        assert checks["first_step_loss_equal"] and checks["first_step_grad_norm_equal"], checks
         assert checks["second_step_loss_equal"], checks  # same gradients and optimizer step
     assert result["configs"][0]["dpo"]["checks"]["first_step_logps_equal"]
     sft = result["configs"][0]["sft"]["checks"]["first_step_loss"]
