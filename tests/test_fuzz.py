@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from align.config import load_recipe
@@ -79,8 +79,59 @@ def test_recipe_mappings(work, sections, keep_base):
         return
     try:
         load_recipe(write(work / "r.yaml", text.encode("utf-8")))
+        event("loaded")
     except AlignError:
-        pass
+        event("AlignError")
+
+
+def _set(tree: dict, path: list[str], value) -> dict:
+    node = tree
+    for key in path[:-1]:
+        child = node.get(key)
+        node[key] = child = child if isinstance(child, dict) else {}
+        node = child
+    node[path[-1]] = value
+    return tree
+
+
+def _leaves(tree: dict, prefix: tuple = ()) -> list[tuple]:
+    out = []
+    for key, value in tree.items():
+        out += _leaves(value, (*prefix, key)) if isinstance(value, dict) else [(*prefix, key)]
+    return out
+
+
+SHIPPED = yaml.safe_load((Path(__file__).parent.parent / "recipes/tiny-mixtral/pipeline.yaml").read_text())
+EXTRA_PATHS = [
+    ("sft", "save_steps"), ("dpo", "loss_weights"), ("resume",), ("sft", "on_nonfinite"), ("hub", "repo_id"),
+    ("lora", "rank_by_load"), ("dpo", "label_smoothing"), ("sft", "max_steps"),
+]  # fmt: skip
+PATHS = st.sampled_from(_leaves(SHIPPED) + EXTRA_PATHS).map(list)
+PLAUSIBLE = st.one_of(
+    SCALARS,
+    st.integers(min_value=-2, max_value=64),
+    st.floats(min_value=-1, max_value=2),
+    st.sampled_from([[], ["sft"], ["dpo"], ["sigmoid", "sft"], [0.5], {"top_p": 0.5}, {"top_k_per_layer": 1}]),
+)
+
+
+@settings(FUZZ, max_examples=600 * SCALE)
+@given(changes=st.lists(st.tuples(PATHS, PLAUSIBLE), min_size=1, max_size=3))
+def test_recipe_mutations(work, changes):
+    """The shipped recipe with 1-3 of its keys set to generated values: reaches the deep checks (TRL types,
+    ranges, cross-key rules) and often loads."""
+    raw = json.loads(json.dumps(SHIPPED))
+    for path, value in changes:
+        _set(raw, path, value)
+    try:
+        text = yaml.safe_dump(raw, allow_unicode=True)
+    except yaml.YAMLError:
+        return
+    try:
+        load_recipe(write(work / "m.yaml", text.encode("utf-8")))
+        event("loaded")
+    except AlignError:
+        event("AlignError")
 
 
 @settings(FUZZ, max_examples=500 * SCALE)
@@ -110,8 +161,9 @@ def test_overrides(work, items):
         path.write_text(yaml.safe_dump(base_recipe()))
     try:
         load_recipe(path, items)
+        event("loaded")
     except AlignError:
-        pass
+        event("AlignError")
 
 
 def test_deeply_nested_yaml_is_a_recipe_error(work):
@@ -138,7 +190,21 @@ TURN = st.fixed_dictionaries(
 )
 TURNS = st.lists(TURN, max_size=5)
 FIELD = st.one_of(TEXT, TURNS, st.none(), st.integers(), st.floats(), st.lists(TEXT, max_size=2))
+WORDS = st.text(alphabet="abc xyzé?\n", min_size=1, max_size=30)
+
+
+# mostly valid rows (an alternating conversation, a distinct pair), so the loaders get past the first check
+def _conversation(pairs: list[tuple[str, str]]) -> dict:
+    turns = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in pairs]
+    return {"messages": [t for pair in turns for t in pair]}
+
+
+GOOD_CONV = st.lists(st.tuples(WORDS, WORDS), min_size=1, max_size=3).map(_conversation)
+GOOD_PAIR = st.tuples(WORDS, WORDS, WORDS).map(lambda t: {"prompt": t[0], "chosen": t[1], "rejected": t[2] + "!"})
 ROW = st.one_of(
+    GOOD_CONV,
+    GOOD_PAIR,
+    GOOD_CONV.map(lambda r: {**r, "system": "s"}),
     st.dictionaries(st.sampled_from(ROW_KEYS), FIELD, max_size=5),
     st.fixed_dictionaries({"messages": TURNS}),
     st.fixed_dictionaries({"prompt": TEXT | TURNS, "chosen": TEXT | TURNS, "rejected": TEXT | TURNS}),
@@ -163,7 +229,9 @@ def load(path: Path, kind: str, skip: bool, allow_system: bool, fmt: str, check=
     try:
         out = load_stage(data, kind, seed=0, allow_system=allow_system, log=lambda _m: None, check=check)
     except AlignError:
+        event("AlignError")  # --hypothesis-show-statistics shows how many inputs got how far
         return
+    event("loaded")
     assert len(out.train) > 0  # a result is never empty: no rows is a DataError
     for row in out.train:
         turns = row["messages"] if kind == "sft" else row["prompt"] + row["chosen"] + row["rejected"]

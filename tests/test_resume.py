@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,3 +216,68 @@ def test_a_crash_between_the_two_renames_restores_the_previous_output(tmp_path):
 
     save_file({"embed": torch.zeros(2)}, final / "adapter_model.safetensors")
     assert "holds no LoRA tensors" in stage_dir_problem(final)
+
+
+# --- the same under `accelerate launch` with 2 CPU processes (DDP over gloo) ---
+
+LAUNCH_ARGS = [
+    "recipes/tiny-mixtral/pipeline.yaml",
+    "model.create_tiny_if_missing=false",
+    "stages=[sft]",
+    "data.sft.train=[{path: data/sft/train.jsonl, max_rows: 24}]",
+    "data.sft.eval=[]",
+    "sft.per_device_train_batch_size=2",  # 2 ranks x 2 = global batch 4: 6 steps
+    "lora.profile_max_tokens=1000",
+    "sft.max_length=96",
+    "sft.save_strategy=steps",
+    "sft.save_steps=2",
+    "sft.ddp_timeout=300",
+]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every process it started (found before the first kill, so none escapes)."""
+    import psutil
+
+    parent = psutil.Process(pid)
+    family = [*parent.children(recursive=True), parent]
+    for process in family:
+        process.send_signal(signal.SIGKILL)
+    psutil.wait_procs(family, timeout=60)
+
+
+def launch_cmd(out: Path, tiny: Path, port: int, *extra: str) -> list[str]:
+    accelerate = shutil.which("accelerate") or pytest.skip("accelerate CLI not on PATH")
+    config = ["--config_file", "accelerate_configs/cpu_2proc.yaml", "--main_process_port", str(port)]
+    run = ["-m", "align", "run", *LAUNCH_ARGS, f"output_dir={out}", f"model.name_or_path={tiny}", *extra]
+    return [accelerate, "launch", *config, *run]
+
+
+@pytest.mark.slow
+def test_two_process_launch_killed_mid_sft_resumes_to_the_uninterrupted_result(tmp_path, tiny_dir, repo_root):
+    ref, crash = tmp_path / "ref", tmp_path / "crash"
+    done = subprocess.run(launch_cmd(ref, tiny_dir, 29531), cwd=repo_root, capture_output=True, text=True, timeout=900,
+                          env=ENV)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    ready = crash / "checkpoints" / "sft" / "checkpoint-2" / "trainer_state.json"
+    with (tmp_path / "crash.log").open("w") as log:
+        proc = subprocess.Popen(launch_cmd(crash, tiny_dir, 29533), cwd=repo_root, stdout=log, stderr=subprocess.STDOUT,
+                                env=ENV, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 600
+        while not ready.exists():
+            assert proc.poll() is None, (tmp_path / "crash.log").read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        kill_tree(proc.pid)  # the launcher and both ranks (torchrun puts ranks in their own sessions)
+        proc.wait(timeout=60)
+    assert not (crash / "sft").exists()
+
+    resumed = subprocess.run(launch_cmd(crash, tiny_dir, 29535, "--resume"), cwd=repo_root, capture_output=True,
+                             text=True, timeout=900, env=ENV)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "sft: resuming from" in resumed.stderr
+    assert_same_adapter(ref / "sft", crash / "sft")
+    expected, got = losses(ref / "sft"), losses(crash / "sft")
+    assert [s for s, _ in got] == list(range(1, 7)) and [s for s, _ in expected] == [s for s, _ in got]
+    assert max(abs(a - b) for (_, a), (_, b) in zip(expected, got, strict=True)) <= 1e-6
