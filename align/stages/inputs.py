@@ -64,4 +64,3 @@ def check_vocab(tokenizer, model, where: str) -> None:
             f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows "
             "(ids past the end would crash the first forward); use the tokenizer that belongs to the model"
         )
-
