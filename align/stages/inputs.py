@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from align.data.schemas import RowError
 from align.errors import ModelError
 
@@ -27,31 +29,48 @@ def _prompt_of(record: dict) -> list[dict]:
     return record["prompt"]
 
 
+@lru_cache(maxsize=4)  # one scan of the vocabulary per tokenizer
+def longest_token_bytes(tokenizer) -> int:
+    """UTF-8 length of the longest vocabulary piece (an upper bound on the bytes one token covers)."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return max(len(str(p).encode("utf-8")) for p in pieces if p is not None)
+
+
+def _too_long(stage: str, max_length: int, count: str) -> RowError:
+    fix = (
+        f"raise {stage}.max_length"
+        + (f", set {stage}.truncation_mode: keep_end" if stage == "dpo" else "")
+        + f", shorten the row, or skip such rows with data.{stage}.skip_bad_rows: true"
+    )
+    return RowError(
+        f"the prompt is {count} tokens, at least {stage}.max_length ({max_length}): truncation leaves no "
+        f"answer token to train on; {fix}"
+    )
+
+
 def prompt_fits(tokenizer, max_length: int | None, stage: str, truncation_mode: str = "keep_start"):
-    """A row check (raises RowError) for prompts of at least `max_length` tokens; None when nothing to check."""
+    """A row check (raises RowError) for prompts of at least `max_length` tokens; None when nothing to check.
+
+    Only rows near the limit are tokenized: below `max_length` bytes (plus markup) a prompt cannot reach it,
+    and above `max_length` x the longest piece's bytes it cannot stay under it (a 10 MB row costs nothing).
+    """
     if max_length is None or truncation_mode == "keep_end":  # keep_end cuts the prompt's start instead
         return None
+    longest = longest_token_bytes(tokenizer)
 
     def check(record: dict) -> None:
         prompt = _prompt_of(record)
         size = sum(len(t["content"].encode("utf-8")) for t in prompt)
         if size + MARKUP_PER_TURN * len(prompt) + MARKUP_FIXED < max_length:
             return
+        if size // longest >= max_length:
+            raise _too_long(stage, max_length, f"over {size // longest}")
         try:
             ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)
         except Exception as err:  # jinja raise_exception or any template error on this row's turns
             raise RowError(f"the chat template cannot render the prompt: {str(err)[:200]}") from None
-        count = len(ids["input_ids"])
-        if count >= max_length:
-            fix = (
-                f"raise {stage}.max_length"
-                + (f", set {stage}.truncation_mode: keep_end" if stage == "dpo" else "")
-                + f", shorten the row, or skip such rows with data.{stage}.skip_bad_rows: true"
-            )
-            raise RowError(
-                f"the prompt is {count} tokens, at least {stage}.max_length ({max_length}): truncation leaves "
-                f"no answer token to train on; {fix}"
-            )
+        if len(ids["input_ids"]) >= max_length:
+            raise _too_long(stage, max_length, str(len(ids["input_ids"])))
 
     return check
 
