@@ -45,6 +45,7 @@ from bench.trl_report import stage_summary, table
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 VOCAB = 32000  # the real Mixtral tokenizer
+ROWS_FIT = 256  # the shipped conversations are at most ~120 tokens
 SWEEP_PATHS = ("trl", "align")  # the sweeps compare align with (a) only, to stay within the time budget
 GPU_SHAPE = {"hidden": 2048, "intermediate": 7168, "layers": 8, "experts": 8, "heads": 16, "kv_heads": 4}
 
@@ -156,12 +157,17 @@ def child_main(args: argparse.Namespace) -> None:
     """Memory: one path alone in a fresh process (SFT then DPO, a few steps); prints its peak RSS per stage."""
     shape = dataclasses.replace(main_shape(args), steps=3, warmup=1)
     work = Path(args.work)
-    recipe = align_recipe(shape, work / "base", work / "align", SFT_DATA, DPO_DATA)
+    data = chained_data(work, shape.max_length) if shape.max_length > ROWS_FIT else (SFT_DATA, DPO_DATA)
+    recipe = align_recipe(shape, work / "base", work / "align", *data)
     peaks = {}
     for stage in ("sft", "dpo"):
         reset_peak()
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         stage_run(shape, work, stage, recipe, paths=(args.child,), save=False)
         peaks[stage] = rss_mib("VmHWM")
+        if args.device == "cuda":
+            peaks[f"{stage}_cuda_allocated"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps({"path": args.child, "peak_rss_mib": peaks}), flush=True)
 
 
@@ -198,7 +204,20 @@ def machine(device: str, load_before, load_after, rates_before, rates_after) -> 
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
+    info.update(cpu_info())
     return info
+
+
+def cpu_info() -> dict:
+    """CPU model and the vector/matrix units that decide fp32 vs bf16 matmul speed (AMX: bf16 far faster)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu": platform.processor()}
+    name = next((x.split(":", 1)[1].strip() for x in text.splitlines() if x.startswith("model name")), "")
+    flags = next((x.split(":", 1)[1].split() for x in text.splitlines() if x.startswith("flags")), [])
+    units = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return {"cpu": name, "cpu_units": units}
 
 
 def output_path(args: argparse.Namespace) -> Path:
@@ -235,12 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shape = main_shape(args)
         peak = rates_before["fp32_gflops" if args.device == "cpu" else "bf16_gflops"]
-        result["configs"].append(run_config(shape, work / shape.name, False, peak, ablations=args.ablations))
+        chained = shape.max_length > ROWS_FIT  # the shipped rows are short: longer configurations chain them
+        result["configs"].append(run_config(shape, work / shape.name, chained, peak, ablations=args.ablations))
         write()
         if not (args.quick or args.no_memory):
             result["peak_rss_mib"] = memory_children(args, work / shape.name)
         for sweep in sweep_shapes(args, shape):
-            chained = sweep.max_length > shape.max_length
+            chained = sweep.max_length > ROWS_FIT
             result["configs"].append(run_config(sweep, work / sweep.name, chained, peak, paths=SWEEP_PATHS))
             write()
     finally:

@@ -11,6 +11,7 @@ tile is `ROWS` tokens (16 MB at 32k vocab), reused through the call, and folded 
 from __future__ import annotations
 
 import torch
+from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 ROWS = 128  # tokens per tile: measured fastest of 64-512 on 2 cores (hidden 256, vocab 32000)
 OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
@@ -68,16 +69,19 @@ class TiledLogProbs(torch.autograd.Function):
             return None, None, None, None
         # d log p_t / d z_v = 1[v = t] - p_v; only the hidden states get a gradient (the LM head is frozen)
         grad = grad_log_probs.float()
-        h32, w32 = hidden.float(), weight.float()
-        grad_hidden = torch.empty_like(h32)
-        tile_buf = h32.new_empty(min(ROWS, hidden.shape[0]), weight.shape[0])
-        for start in range(0, hidden.shape[0], ROWS):
-            end = min(start + ROWS, hidden.shape[0])
-            tile, rows = tile_buf[: end - start], slice(start, end)
-            torch.mm(h32[rows], w32.t(), out=tile)
-            tile.sub_(log_z[rows, None]).exp_().mul_(-grad[rows, None])
-            tile.scatter_add_(1, targets[rows, None], grad[rows, None])
-            torch.mm(tile, w32, out=grad_hidden[rows])
+        # ZeRO-3: the caller gathered the head for the forward (packing._score); the recomputation here runs
+        # after that context closed, so gather again (as TRL 1.16's ChunkedLogProbFunction.backward does)
+        with maybe_gather_lm_head_ctx(weight):
+            h32, w32 = hidden.float(), weight.float()
+            grad_hidden = torch.empty_like(h32)
+            tile_buf = h32.new_empty(min(ROWS, hidden.shape[0]), weight.shape[0])
+            for start in range(0, hidden.shape[0], ROWS):
+                end = min(start + ROWS, hidden.shape[0])
+                tile, rows = tile_buf[: end - start], slice(start, end)
+                torch.mm(h32[rows], w32.t(), out=tile)
+                tile.sub_(log_z[rows, None]).exp_().mul_(-grad[rows, None])
+                tile.scatter_add_(1, targets[rows, None], grad[rows, None])
+                torch.mm(tile, w32, out=grad_hidden[rows])
         return grad_hidden.to(hidden.dtype), None, None, None
 
 
