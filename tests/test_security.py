@@ -102,6 +102,24 @@ def test_secrets_are_redacted_from_saved_recipes_and_refused_in_recipes(tmp_path
     }
 
 
+def test_a_token_written_under_an_innocent_key_is_hidden_in_saved_recipes_and_cards(monkeypatch):
+    from align.config.redact import recipe_dict
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    recipe = recipe_from_dict({"model": {"name_or_path": "m"}, "sft": {"run_name": f"run-{TOKEN}"}, **_data()})
+    assert TOKEN not in recipe_to_yaml(recipe)  # OUTPUT/<stage>/recipe.yaml
+    assert recipe_dict(recipe)["sft"]["run_name"] == "run-***"  # what model cards render
+    assert load_recipe_text(recipe_to_yaml(recipe)).sft.trainer["run_name"] == "run-***"  # still loads
+
+
+def load_recipe_text(text: str):
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+    return load_recipe(f.name)
+
+
 def test_errors_and_logs_never_show_a_token(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -113,7 +131,7 @@ def test_errors_and_logs_never_show_a_token(tmp_path, capsys, monkeypatch):
     logging.getLogger("align").info("pushing with %s to https://x/?token=abc123secret", TOKEN)
     out = capsys.readouterr()
     text = out.out + out.err
-    assert "no such file" in text and "unknown key 'hub_token'" in text and "run_name: REDACTED" in text
+    assert "no such file" in text and "unknown key 'hub_token'" in text and "run_name: '***'" in text
     assert TOKEN not in text and "sk-live-123456789" not in text and "abc123secret" not in text
     assert "pushing with *** to https://x/?token=***" in text
 

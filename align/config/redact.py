@@ -7,18 +7,19 @@ from typing import Any
 import yaml
 
 from align.config.schema import Recipe
-from align.security import NOT_SECRET, REDACTED, SECRET_KEY  # noqa: F401  (one definition of a secret key)
+from align.security import NOT_SECRET, REDACTED, SECRET_KEY, scrub  # noqa: F401  (one definition of a secret key)
 
 
 def redact(value: Any, key: str = "") -> Any:
-    """A copy of `value` with string values under secret-looking keys replaced by '***'."""
+    """A copy of `value` with string values under secret-looking keys replaced by '***', and any secret
+    (an HF_TOKEN-like environment value, an hf_... token) hidden wherever else it was written."""
     if isinstance(value, dict):
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v, key) for v in value]
     if isinstance(value, str) and SECRET_KEY.search(key) and not NOT_SECRET.search(key):
         return REDACTED
-    return value
+    return scrub(value) if isinstance(value, str) else value
 
 
 def recipe_dict(recipe: Recipe) -> dict[str, Any]:
