@@ -281,3 +281,22 @@ def test_two_process_launch_killed_mid_sft_resumes_to_the_uninterrupted_result(t
     expected, got = losses(ref / "sft"), losses(crash / "sft")
     assert [s for s, _ in got] == list(range(1, 7)) and [s for s, _ in expected] == [s for s, _ in got]
     assert max(abs(a - b) for (_, a), (_, b) in zip(expected, got, strict=True)) <= 1e-6
+
+
+def test_resume_refuses_a_checkpoint_whose_adapter_layout_differs(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import MixtralForCausalLM
+
+    from align.errors import RecipeError
+    from align.stages.resume import check_same_adapter
+    from align.tiny import tiny_config
+
+    def peft_model(targets):
+        base = MixtralForCausalLM(tiny_config(64, hidden_size=16, intermediate_size=16, num_hidden_layers=1))
+        return get_peft_model(base, LoraConfig(r=2, target_modules=targets))
+
+    checkpoint = tmp_path / "checkpoint-2"
+    peft_model(["q_proj", "v_proj"]).save_pretrained(checkpoint)
+    check_same_adapter(peft_model(["q_proj", "v_proj"]), checkpoint, "sft")  # same layout: fine
+    with pytest.raises(RecipeError, match=r"holds a different adapter \(4 tensors differ"):
+        check_same_adapter(peft_model(["q_proj", "k_proj"]), checkpoint, "sft")

@@ -205,6 +205,28 @@ def prepare_stage(recipe: Recipe, stage: Stage, tmp: Path, work: Path, is_main: 
     return None
 
 
+def check_same_adapter(model, checkpoint: Path, stage: Stage) -> None:
+    """RecipeError unless the checkpoint's adapter tensors are exactly the ones the model's adapter has.
+
+    PEFT's `load_adapter` (what Trainer calls on resume) only warns about missing keys, so a different
+    expert plan (e.g. a routing profile that changed) would silently resume from partly fresh weights.
+    """
+    from peft import PeftModel, get_peft_model_state_dict
+    from safetensors import safe_open
+
+    if not isinstance(model, PeftModel):
+        return
+    with safe_open(str(checkpoint / "adapter_model.safetensors"), framework="pt") as f:
+        saved = set(f.keys())
+    expected = set(get_peft_model_state_dict(model).keys())
+    if saved != expected:
+        differ = sorted(saved ^ expected)
+        raise RecipeError(
+            f"--resume: {checkpoint} holds a different adapter ({len(differ)} tensors differ, e.g. {differ[0]}); "
+            f"run without --resume to start {stage} afresh"
+        )
+
+
 def training_loss(log_history: list[dict]) -> float | None:
     """Mean training loss over all steps from the trainer's log history (restored on resume).
 

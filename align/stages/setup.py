@@ -25,7 +25,7 @@ from align.stages.common import StagePaths, load_adapter, stage_complete, traina
 from align.stages.guards import NonFiniteGuard
 from align.stages.inputs import check_vocab, prompt_fits
 from align.stages.metrics import MetricsLogger
-from align.stages.resume import prepare_stage, training_loss
+from align.stages.resume import check_same_adapter, prepare_stage, training_loss
 from align.stages.shards import DataShards
 from align.tiny import build_tiny_mixtral
 
@@ -63,6 +63,8 @@ class StageSetup:
 
     def train(self, trainer) -> float:
         """`trainer.train()`, continuing `resume_from` when set; returns the mean training loss of all steps."""
+        if self.resume_from is not None:
+            check_same_adapter(trainer.model, self.resume_from, self.stage)
         result = trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
         if self.resume_from is None:
             return result.training_loss
