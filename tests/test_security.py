@@ -173,7 +173,7 @@ def test_hub_repo_id_is_validated_when_the_recipe_loads():
         recipe_from_dict({"model": {"name_or_path": "m"}, "hub": {"repo_id": "org/bad name"}, **_data()}, "r.yaml")
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, database=None)
 @given(st.text(alphabet="ab-_./ Z9~%", min_size=0, max_size=12))
 def test_repo_id_check_accepts_only_what_the_hub_validator_accepts(repo_id):
     from huggingface_hub.errors import HFValidationError
