@@ -172,6 +172,17 @@ def test_latest_checkpoint_skips_interrupted_and_corrupt_saves(tmp_path):
     assert "optimizer.pt" in reasons["checkpoint-10"]
 
 
+def test_a_deepspeed_checkpoint_is_recognised_by_its_engine_state(tmp_path):
+    ds = fake_checkpoint(tmp_path / "checkpoint-2", 2)
+    (ds / "optimizer.pt").unlink()
+    (ds / "scheduler.pt").unlink()
+    (ds / "latest").write_text("global_step2")
+    assert "global_step2" in checkpoint_problem(ds)  # named, but not written
+    (ds / "global_step2").mkdir()
+    (ds / "global_step2" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"x")
+    assert checkpoint_problem(ds) is None
+
+
 def test_trim_metrics_keeps_steps_up_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in range(1, 6)]

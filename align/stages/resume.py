@@ -42,10 +42,22 @@ def checkpoint_problem(path: Path) -> str | None:
     step = int(CHECKPOINT.match(path.name)[1])
     if not isinstance(state, dict) or state.get("global_step") != step:
         return f"trainer_state.json says step {state.get('global_step') if isinstance(state, dict) else '?'}"
+    return _optimizer_problem(path) or adapter_problem(path)
+
+
+def _optimizer_problem(path: Path) -> str | None:
+    """Optimizer and scheduler state: Trainer's torch zip files, or a DeepSpeed engine dir named by `latest`."""
+    latest = path / "latest"
+    if latest.is_file():  # DeepSpeed keeps optimizer (and its scheduler) state in its own per-step dir
+        tag = latest.read_text(encoding="utf-8", errors="replace").strip()
+        engine = path / tag
+        if not tag or not engine.is_dir() or not any(engine.iterdir()):
+            return f"the DeepSpeed state named by 'latest' ({tag!r}) is missing"
+        return None
     for name in ("optimizer.pt", "scheduler.pt"):
         if not (path / name).is_file() or not zipfile.is_zipfile(path / name):
             return f"{name} is missing or truncated"
-    return adapter_problem(path)
+    return None
 
 
 def checkpoints(work: Path) -> list[tuple[int, Path]]:
