@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, help="warm-up steps left out of the statistics (default 2; quick 1)")
     p.add_argument("--seq-lens", default="512,1024,2048", help="sequence-length sweep ('' to skip)")
     p.add_argument("--experts-sweep", default="4,16", help="experts sweep beside the main 8 ('' to skip)")
-    p.add_argument("--sweep-steps", type=int, default=4, help="steps per stage and path in the sweeps (1 warm-up)")
+    p.add_argument("--sweep-steps", type=int, default=3, help="steps per stage and path in the sweeps (1 warm-up)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-path peak-RSS child processes")
     p.add_argument("--ablations", action="store_true", help="also align without each speed-up (main configuration)")
     p.add_argument("--work", help="working directory (default: a temporary one, removed at the end)")
@@ -154,8 +154,8 @@ def peak_rates(device: str) -> dict:
 
 
 def child_main(args: argparse.Namespace) -> None:
-    """Memory: one path alone in a fresh process (SFT then DPO, a few steps); prints its peak RSS per stage."""
-    shape = dataclasses.replace(main_shape(args), steps=3, warmup=1)
+    """Memory: one path alone in a fresh process (SFT then DPO, 2 steps each); prints its peak RSS per stage."""
+    shape = dataclasses.replace(main_shape(args), steps=2, warmup=1)
     work = Path(args.work)
     data = chained_data(work, shape.max_length) if shape.max_length > ROWS_FIT else (SFT_DATA, DPO_DATA)
     recipe = align_recipe(shape, work / "base", work / "align", *data)

@@ -32,9 +32,9 @@ LABELS = {
     "trl": "(a) TRL + PEFT, attention + experts",
     "trl_attn": "(a') TRL + PEFT, attention only",
     "align": "(b) align",
-    "align_padded": "(b-) align, padded forward",
+    "align_padded": "(b-) align, padded forward",  # = routed expert LoRA alone
     "align_bfd": "(b+) align + TRL bfd packing",
-    "align_no_precompute": "(b-) align, reference each step",
+    "align_no_precompute": "(b') align, reference each step",
 }
 # Ablations of align's speed-ups (--ablations): recipe sections merged into align's recipe, per stage.
 ABLATIONS = {
