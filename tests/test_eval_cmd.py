@@ -137,6 +137,7 @@ def test_eval_of_an_adapter_matches_a_direct_computation(adapter, tiny_dir, toke
     assert got["sft"]["sft_loss"] == pytest.approx(sft_loss, abs=1e-4)
     assert got["sft"]["perplexity"] == pytest.approx(torch.tensor(sft_loss).exp().item(), rel=1e-4)
     assert got["tasks"]["task_count"] == 4 and len(got["samples"]) == 2
+    assert [r["id"] for r in got["task_replies"]] == [t["id"] for t in read_jsonl(tasks)]  # every reply is kept
     for sample, task in zip(got["samples"], read_jsonl(tasks), strict=False):
         assert sample["correct"] == judge(task, sample["reply"])
     report = (out / "eval.md").read_text()

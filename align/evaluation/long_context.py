@@ -21,10 +21,14 @@ POSITIONS = (0.1, 0.5, 0.9)
 SCORED = 64
 
 
-def _docs_text() -> str:
+def _docs_ids(tokenizer) -> list[int]:
+    """Python's documentation topics, tokenized one topic at a time (each is shorter than any model limit)."""
     from pydoc_data.topics import topics
 
-    return "\n\n".join(topics[name] for name in sorted(topics))
+    ids: list[int] = []
+    for name in sorted(topics):
+        ids += tokenizer(topics[name] + "\n\n", add_special_tokens=False)["input_ids"]
+    return ids
 
 
 def passkey_messages(tokenizer, length: int, position: float, key: int) -> list[dict]:
@@ -56,7 +60,7 @@ def passkey(model, tokenizer, lengths: list[int], trials: int = 2, seed: int = 0
 
 def perplexity_by_length(model, tokenizer, lengths: list[int], windows: int = 4, text: str | None = None) -> list[dict]:
     """Perplexity of the same SCORED tokens at each end point, given L context tokens, for each L."""
-    ids = tokenizer(text or _docs_text(), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else _docs_ids(tokenizer)
     longest = max(lengths)
     if len(ids) < longest + windows:
         raise ValueError(f"text has {len(ids)} tokens; need more than {longest + windows}")

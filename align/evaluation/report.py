@@ -64,9 +64,11 @@ def _samples(model, tokenizer, tasks: list[dict], prompts: list[list[dict]], req
     if tasks:
         replies = [r[0] for r in generate(model, tokenizer, [to_messages(t) for t in tasks], req.max_new_tokens)]
         out["tasks"] = accuracy(tasks, replies)
-        out["samples"] = [
+        judged = [
             {"prompt": t["prompt"], "reply": r, "correct": judge(t, r)} for t, r in zip(tasks, replies, strict=True)
-        ][: req.samples]
+        ]
+        out["samples"] = judged[: req.samples]
+        out["task_replies"] = [{"id": t["id"], **j} for t, j in zip(tasks, judged, strict=True)]  # every reply
     elif prompts and req.samples:
         chosen = prompts[: req.samples]
         replies = [r[0] for r in generate(model, tokenizer, chosen, req.max_new_tokens)]
