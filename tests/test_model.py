@@ -50,7 +50,7 @@ def test_missing_directory_and_pickle_only_weights(tmp_path, dense_dir):
     pickled.mkdir()
     (pickled / "config.json").write_text((dense_dir / "config.json").read_text())
     torch.save(LlamaForCausalLM.from_pretrained(dense_dir).state_dict(), pickled / "pytorch_model.bin")
-    with pytest.raises(ModelError, match="safetensors only"):
+    with pytest.raises(ModelError, match="has pickle weights .* convert them to safetensors"):
         load_model(ModelSection(name_or_path=str(pickled), allow_dense=True), QuantizationSection(), CPU)
 
 
