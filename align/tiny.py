@@ -15,6 +15,7 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig, MixtralConfig, MixtralForCausalLM
 
 from align.chat import ensure_chat_template
+from align.model_dir import write_model_dir
 
 TINY_SHAPE = {
     "hidden_size": 64,
@@ -71,14 +72,4 @@ def build_tiny_mixtral(out_dir: str | Path, seed: int = 0, **overrides) -> Path:
     model.generation_config = GenerationConfig(
         bos_token_id=1, eos_token_id=2, pad_token_id=0, max_new_tokens=64, do_sample=False
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return write_model_dir(model, tokenizer, out)

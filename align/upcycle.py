@@ -9,8 +9,6 @@ computes exactly the dense MLP: at init the upcycled model's logits equal the de
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ from transformers import (
 
 from align.chatml import with_generation_markers
 from align.errors import ModelError
+from align.model_dir import write_model_dir
 
 log = logging.getLogger("align")
 
@@ -190,18 +189,4 @@ def upcycle(
     if marked is not None:
         tokenizer.chat_template = marked
         log.info("chat template kept, with {% generation %} markers added (same rendering)")
-    return _write(model, tokenizer, Path(out_dir))
-
-
-def _write(model: PreTrainedModel, tokenizer, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return write_model_dir(model, tokenizer, out_dir)
