@@ -33,7 +33,7 @@ def heldout_loss(trainer, before_training: bool) -> float:
             for batch in trainer.get_eval_dataloader():
                 inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
                 count = (inputs["labels"][:, 1:] != -100).sum()
-                loss = model(**inputs, use_cache=False).loss
+                loss = model(**inputs, use_cache=False, output_router_logits=False).loss  # cross-entropy only
                 total += torch.stack([loss.double() * count, count.double()])
     finally:
         model.train(was_training)
