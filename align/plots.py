@@ -19,6 +19,15 @@ PANELS = (
 )
 
 
+def save_png(fig, out: str | Path, dpi: int = 110) -> Path:
+    """Lay the figure out and write it as a PNG at `out` (parent directories created)."""
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    return out
+
+
 def _pyplot():
     import matplotlib
 
@@ -76,13 +85,9 @@ def training_curves(metrics: str | Path, out: str | Path, title: str = "") -> Pa
             ax.axis("off")
         if title:
             fig.suptitle(title, fontsize=11)
-        fig.tight_layout()
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110)
+        return save_png(fig, out)
     finally:
         plt.close(fig)
-    return out
 
 
 def stage_curves(stage_dir: str | Path, stage: str) -> Path | None:
@@ -122,10 +127,6 @@ def long_context_figure(result: dict, out: str | Path, title: str = "") -> Path:
         right.grid(alpha=0.3)
         if title:
             fig.suptitle(title, fontsize=11)
-        fig.tight_layout()
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110)
+        return save_png(fig, out)
     finally:
         plt.close(fig)
-    return out

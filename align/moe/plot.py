@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from align.moe.profile import RoutingProfile
+from align.plots import save_png
 
 MAX_ANNOTATED_EXPERTS = 16
 
@@ -52,10 +53,6 @@ def routing_heatmap(profile: RoutingProfile, path: str | Path, title: str | None
         heading = title or f"Routing profile: share of routed tokens (top-{profile.top_k})"
         note = f"uniform share 1/E = {100 * uniform:.1f}% (dashed line on the colour bar) · {profile.tokens} tokens"
         ax.set_title(f"{heading}\n{note}", fontsize=9)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        return save_png(fig, path, dpi=120)
     finally:
         plt.close(fig)
-    return path
