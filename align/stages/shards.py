@@ -65,6 +65,10 @@ def combined_fingerprint(records: list[dict]) -> str:
     return f"{sum(int(r['fingerprint'], 16) for r in records) & MASK64:016x}"
 
 
+def _cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.cpu()
+
+
 class DataShards(TrainerCallback):
     """Fingerprints the sequences of every training forward on this rank; gathers all ranks at train end."""
 
@@ -77,8 +81,9 @@ class DataShards(TrainerCallback):
         if not (module.training and torch.is_grad_enabled()):
             return
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if isinstance(input_ids, torch.Tensor):
-            self.record.add(sequences(input_ids, kwargs.get("attention_mask"), kwargs.get("position_ids")))
+        if isinstance(input_ids, torch.Tensor):  # one device-to-host copy per batch, not one per sequence
+            mask, positions = (kwargs.get(k) for k in ("attention_mask", "position_ids"))
+            self.record.add(sequences(input_ids.cpu(), _cpu(mask), _cpu(positions)))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.record = ShardRecord(rank=args.process_index)
