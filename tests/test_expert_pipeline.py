@@ -132,10 +132,22 @@ def test_dpo_reference_is_a_frozen_copy_of_the_routed_sft_adapter(top_p_run, tin
 
     section = ModelSection(name_or_path=str(tiny_dir))
     model = load_routed(load_model(section, QuantizationSection(), Runtime("cpu", torch.float32)), top_p_run / "sft")
-    data = load_stage(StageData(train=[DataSource(path="data/prefs/train.jsonl", max_rows=8)]), "preference",
-                      seed=0, allow_system=False, log=lambda _m: None)
-    args = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, max_steps=1, report_to="none",
-                     per_device_train_batch_size=4, gradient_checkpointing=True)
+    data = load_stage(
+        StageData(train=[DataSource(path="data/prefs/train.jsonl", max_rows=8)]),
+        "preference",
+        seed=0,
+        allow_system=False,
+        log=lambda _m: None,
+    )
+    args = DPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        max_steps=1,
+        report_to="none",
+        per_device_train_batch_size=4,
+        gradient_checkpointing=True,
+    )
     trainer = DPOTrainer(model=model, args=args, train_dataset=data.train, processing_class=load_tokenizer(section))
     params = dict(trainer.model.named_parameters())
     routed = [n for n in params if "lora_gate_up_A.default." in n]
@@ -149,7 +161,15 @@ def test_dpo_reference_is_a_frozen_copy_of_the_routed_sft_adapter(top_p_run, tin
 
 
 def test_explicit_selection_out_of_range_is_a_user_error(tmp_path, tiny_dir, capsys):
-    code = main(["sft", "recipes/tiny-mixtral/sft.yaml", f"output_dir={tmp_path}", f"model.name_or_path={tiny_dir}",
-                 "lora.experts={0: [9]}", "sft.max_steps=1"])
+    code = main(
+        [
+            "sft",
+            "recipes/tiny-mixtral/sft.yaml",
+            f"output_dir={tmp_path}",
+            f"model.name_or_path={tiny_dir}",
+            "lora.experts={0: [9]}",
+            "sft.max_steps=1",
+        ]
+    )
     assert code == 2
     assert "lora.experts: explicit expert selection out of range" in capsys.readouterr().err

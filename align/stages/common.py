@@ -102,4 +102,3 @@ def _write_outputs(trainer, tokenizer, recipe: Recipe, paths: StagePaths, evalua
     write_stage_card(paths.tmp, recipe, paths.stage, evaluation, trainer.model.config.model_type)  # README.md
     verify_stage_dir(paths.tmp)
     replace_dir(paths.tmp, paths.final)
-

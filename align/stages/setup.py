@@ -147,6 +147,17 @@ def build_setup(recipe: Recipe, stage: Stage) -> StageSetup:
         peft = lora_config(recipe.lora, moe=moe)
     register_moe_leaves(model)
     return StageSetup(
-        recipe, stage, runtime, tokenizer, model, peft, init, data, output_dir, state.is_main_process, args, paths,
+        recipe,
+        stage,
+        runtime,
+        tokenizer,
+        model,
+        peft,
+        init,
+        data,
+        output_dir,
+        state.is_main_process,
+        args,
+        paths,
         resume_from,
     )
